@@ -1,0 +1,478 @@
+"""One typed, normalised view of the patient, built once per request.
+
+FHIR R4 resources (from prefetch, the FHIR server, or a test fixture) → :class:`PatientContext`.
+Rules never see raw FHIR: they see :meth:`PatientContext.facts`, a small JSON-shaped dict. What
+could not be determined is recorded in ``gaps`` (and per medication in ``problems``) so rules can
+say "missing" instead of assuming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterable
+
+from cds.context.codes import CodeMaps, Ingredient
+from cds.context.dosage import StructuredDose, parse_dosage
+from cds.context.units import UnitError, parse_strength, weight_to_kg
+
+LOINC = "http://loinc.org"
+WEIGHT_CODES = ("29463-7", "3141-9")
+HEIGHT_CODES = ("8302-2",)
+GEST_AGE_AT_BIRTH = "76516-4"
+COND_SYSTEMS = {
+    "http://hl7.org/fhir/sid/icd-10": "icd10",
+    "urn:oid:2.16.578.1.12.4.1.1.7110": "icd10",
+    "http://hl7.org/fhir/sid/icd-10-cm": "icd10",
+    "http://hl7.org/fhir/sid/icpc-2": "icpc2",
+    "urn:oid:2.16.578.1.12.4.1.1.7170": "icpc2",
+    "http://snomed.info/sct": "snomed",
+}
+INACTIVE_MED = {"stopped", "completed", "cancelled", "entered-in-error", "unknown", "not-taken", "draft"}
+BAD_OBS = {"entered-in-error", "cancelled", "registered"}
+
+
+def parse_time(v: Any) -> datetime | None:
+    if not isinstance(v, str) or not v:
+        return None
+    try:
+        if len(v) == 4:
+            return datetime(int(v), 1, 1, tzinfo=timezone.utc)
+        if len(v) == 7:
+            return datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=timezone.utc)
+        if len(v) == 10:
+            return datetime.fromisoformat(v).replace(tzinfo=timezone.utc)
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _num(v: Decimal | None) -> float | None:
+    return float(v) if v is not None else None
+
+
+@dataclass
+class MedFact:
+    ref: str | None
+    resource_type: str
+    status: str | None
+    origin: str  # active | draft
+    selected: bool
+    display: str
+    ingredients: list[Ingredient]
+    dose: StructuredDose
+    resource: dict[str, Any] = field(repr=False)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def identified(self) -> bool:
+        return bool(self.ingredients) and all(i.atc or i.rxnorm for i in self.ingredients)
+
+    @property
+    def name(self) -> str:
+        names = [i.name for i in self.ingredients]
+        return " + ".join(names) if names else self.display
+
+    def facts(self) -> dict[str, Any]:
+        d = self.dose
+        return {
+            "ref": self.ref,
+            "status": self.status,
+            "origin": self.origin,
+            "selected": self.selected,
+            "display": self.display,
+            "name": self.name,
+            "atc": [i.atc for i in self.ingredients if i.atc],
+            "rxnorm": [i.rxnorm for i in self.ingredients if i.rxnorm],
+            "via": sorted({i.via for i in self.ingredients}),
+            "by_name": any(i.via == "name" for i in self.ingredients),
+            "identified": self.identified,
+            "dose": {
+                "value": _num(d.dose_value),
+                "unit": d.dose_unit,
+                "mg": _num(d.dose_mg),
+                "mg_low": _num(d.dose_mg_low),
+                "per_day": _num(d.frequency_per_day),
+                "daily_mg": _num(d.daily_mg),
+                "max_daily_mg": _num(d.max_daily_mg),
+                "route": d.route,
+                "as_needed": d.as_needed,
+                "problems": list(d.problems),
+            },
+            "problems": list(self.problems),
+        }
+
+
+@dataclass
+class Obs:
+    code: str
+    value: float | str | None
+    unit: str | None
+    time: datetime | None
+    display: str | None = None
+
+    def facts(self, now: datetime) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "time": self.time.isoformat() if self.time else None,
+            "age_hours": round((now - self.time).total_seconds() / 3600, 3) if self.time else None,
+        }
+
+
+@dataclass
+class PatientContext:
+    now: datetime
+    hook: str
+    patient_id: str | None
+    birth_date: date | None
+    sex: str | None
+    meds_active: list[MedFact]
+    meds_draft: list[MedFact]
+    conditions: list[dict[str, Any]]
+    observations: dict[str, list[Obs]]
+    allergies: list[dict[str, Any]]
+    encounter: dict[str, Any] | None
+    gaps: list[str]
+    weight: dict[str, Any] | None = None
+    height: dict[str, Any] | None = None
+
+    @property
+    def focus(self) -> list[MedFact]:
+        """The medications the hook is about."""
+        if self.hook == "order-select":
+            return [m for m in self.meds_draft if m.selected]
+        if self.hook == "order-sign":
+            return list(self.meds_draft)
+        return list(self.meds_active)
+
+    def all_meds(self) -> list[MedFact]:
+        return self.meds_active + self.meds_draft
+
+    def age_days(self) -> int | None:
+        return (self.now.date() - self.birth_date).days if self.birth_date else None
+
+    def facts(self) -> dict[str, Any]:
+        age_days = self.age_days()
+        gest = self.observations.get(GEST_AGE_AT_BIRTH)
+        gest_weeks = gest[0].value if gest and isinstance(gest[0].value, (int, float)) else None
+        patient = {
+            "id": self.patient_id,
+            "sex": self.sex,
+            "birth_date": self.birth_date.isoformat() if self.birth_date else None,
+            "age_days": age_days,
+            "age_years": _years(self.birth_date, self.now.date()) if self.birth_date else None,
+            "age_months": _months(self.birth_date, self.now.date()) if self.birth_date else None,
+            "gestational_age_weeks": gest_weeks,
+            "postmenstrual_age_weeks": (
+                round(gest_weeks + age_days / 7, 2) if gest_weeks is not None and age_days is not None else None
+            ),
+            "weight": self.weight,
+            "height": self.height,
+        }
+        focus_ids = {id(m) for m in self.focus}
+        return {
+            "now": self.now.isoformat(),
+            "hook": self.hook,
+            "patient": patient,
+            "meds": {
+                "active": [m.facts() for m in self.meds_active],
+                "draft": [m.facts() for m in self.meds_draft],
+                "focus": [m.facts() for m in self.all_meds() if id(m) in focus_ids],
+            },
+            "conditions": self.conditions,
+            "obs": {code: [o.facts(self.now) for o in lst] for code, lst in self.observations.items()},
+            "allergies": self.allergies,
+            "encounter": self.encounter,
+            "gaps": list(self.gaps),
+        }
+
+
+def _years(born: date, today: date) -> int:
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def _months(born: date, today: date) -> int:
+    return (today.year - born.year) * 12 + today.month - born.month - (today.day < born.day)
+
+
+def _codings(cc: Any) -> list[dict[str, Any]]:
+    if not isinstance(cc, dict):
+        return []
+    return [c for c in cc.get("coding") or [] if isinstance(c, dict)]
+
+
+def _text(cc: Any) -> str | None:
+    if not isinstance(cc, dict):
+        return None
+    if isinstance(cc.get("text"), str):
+        return cc["text"]
+    for c in _codings(cc):
+        if isinstance(c.get("display"), str):
+            return c["display"]
+    return None
+
+
+class ContextBuilder:
+    def __init__(self, code_maps: CodeMaps) -> None:
+        self.codes = code_maps
+
+    def build(
+        self,
+        *,
+        hook: str,
+        context: dict[str, Any],
+        resources: Iterable[dict[str, Any]],
+        now: datetime,
+        gaps: list[str] | None = None,
+    ) -> PatientContext:
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        index: dict[str, dict[str, Any]] = {}
+        seen: set[tuple[str, str]] = set()
+        for r in resources:
+            rt, rid = r.get("resourceType"), r.get("id")
+            if not isinstance(rt, str):
+                continue
+            if isinstance(rid, str):
+                if (rt, rid) in seen:
+                    continue
+                seen.add((rt, rid))
+                index[f"{rt}/{rid}"] = r
+            by_type.setdefault(rt, []).append(r)
+
+        drafts_bundle = context.get("draftOrders") or {}
+        draft_resources = [
+            e["resource"] for e in drafts_bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ] if isinstance(drafts_bundle, dict) else []
+        for r in draft_resources:
+            if r.get("resourceType") == "Medication" and r.get("id"):
+                index[f"Medication/{r['id']}"] = r
+        selections = set(context.get("selections") or [])
+        draft_refs = set()
+
+        meds_draft: list[MedFact] = []
+        for r in draft_resources:
+            if r.get("resourceType") not in ("MedicationRequest",):
+                continue
+            ref = f"MedicationRequest/{r['id']}" if r.get("id") else None
+            if ref:
+                draft_refs.add(ref)
+            meds_draft.append(self._med(r, "draft", ref in selections if ref else False, index))
+
+        meds_active: list[MedFact] = []
+        for rt in ("MedicationRequest", "MedicationStatement"):
+            for r in by_type.get(rt, []):
+                ref = f"{rt}/{r.get('id')}" if r.get("id") else None
+                if ref in draft_refs:
+                    continue
+                if r.get("status") in INACTIVE_MED or r.get("status") is None and rt == "MedicationRequest":
+                    continue
+                meds_active.append(self._med(r, "active", False, index))
+
+        observations = self._observations(by_type.get("Observation", []), now)
+        patient = (by_type.get("Patient") or [None])[0]
+        birth = None
+        sex = None
+        if isinstance(patient, dict):
+            bd = patient.get("birthDate")
+            if isinstance(bd, str) and len(bd) >= 10:
+                try:
+                    birth = date.fromisoformat(bd[:10])
+                except ValueError:
+                    birth = None
+            sex = patient.get("gender") if isinstance(patient.get("gender"), str) else None
+        all_gaps = list(gaps or [])
+        if patient is None:
+            all_gaps.append("patient: no Patient resource")
+        elif birth is None:
+            all_gaps.append("patient: no usable birthDate")
+
+        ctx = PatientContext(
+            now=now,
+            hook=hook,
+            patient_id=context.get("patientId"),
+            birth_date=birth,
+            sex=sex,
+            meds_active=meds_active,
+            meds_draft=meds_draft,
+            conditions=self._conditions(by_type.get("Condition", [])),
+            observations=observations,
+            allergies=self._allergies(by_type.get("AllergyIntolerance", [])),
+            encounter=self._encounter(by_type.get("Encounter", []), context.get("encounterId")),
+            gaps=all_gaps,
+        )
+        ctx.weight = self._vital(observations, WEIGHT_CODES, now, kind="weight")
+        ctx.height = self._vital(observations, HEIGHT_CODES, now, kind="height")
+        return ctx
+
+    # ---------------------------------------------------------------- medications
+
+    def _med(self, r: dict[str, Any], origin: str, selected: bool, index: dict[str, dict[str, Any]]) -> MedFact:
+        problems: list[str] = []
+        cc = r.get("medicationCodeableConcept")
+        med_res: dict[str, Any] | None = None
+        mref = r.get("medicationReference")
+        if cc is None and isinstance(mref, dict):
+            ref = mref.get("reference")
+            if isinstance(ref, str) and ref.startswith("#"):
+                med_res = next(
+                    (c for c in r.get("contained") or [] if isinstance(c, dict) and c.get("id") == ref[1:]), None
+                )
+            elif isinstance(ref, str):
+                med_res = index.get(ref)
+            if med_res is None:
+                problems.append(f"medicationReference {ref!r} could not be resolved")
+                cc = {"text": mref.get("display")} if mref.get("display") else None
+            else:
+                cc = med_res.get("code")
+        ingredients: list[Ingredient] = []
+        for c in _codings(cc):
+            ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code")))
+            if ingredients:
+                break
+        if not ingredients and med_res is not None:
+            for ing in med_res.get("ingredient") or []:
+                for c in _codings(ing.get("itemCodeableConcept") if isinstance(ing, dict) else None):
+                    ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code")))
+        display = _text(cc) or "unnamed medication"
+        if not ingredients:
+            ingredients = self.codes.from_text(_text(cc))
+            if ingredients:
+                problems.append("identified from its name only (no known code)")
+            else:
+                problems.append("medication could not be identified (no known code, name not recognised)")
+        dose = parse_dosage(r.get("dosageInstruction"), strength_mg_per_ml=self._strength(med_res))
+        ref = f"{r['resourceType']}/{r['id']}" if r.get("id") else None
+        return MedFact(ref, r["resourceType"], r.get("status"), origin, selected, display, ingredients, dose, r, problems)
+
+    @staticmethod
+    def _strength(med: dict[str, Any] | None) -> Decimal | None:
+        if not med:
+            return None
+        ings = [i for i in med.get("ingredient") or [] if isinstance(i, dict)]
+        if len(ings) != 1:
+            return None
+        s = ings[0].get("strength")
+        if not isinstance(s, dict):
+            return None
+        num, den = s.get("numerator") or {}, s.get("denominator") or {}
+        try:
+            return parse_strength(
+                num.get("value"), num.get("code") or num.get("unit"), den.get("value"), den.get("code") or den.get("unit")
+            )
+        except (UnitError, TypeError, ValueError, ArithmeticError):
+            return None
+
+    # ---------------------------------------------------------------- observations
+
+    def _observations(self, resources: list[dict[str, Any]], now: datetime) -> dict[str, list[Obs]]:
+        out: dict[str, list[Obs]] = {}
+
+        def add(code_cc: Any, holder: dict[str, Any], when: datetime | None) -> None:
+            codes = [c.get("code") for c in _codings(code_cc) if c.get("system") == LOINC and isinstance(c.get("code"), str)]
+            if not codes:
+                return
+            value: float | str | None = None
+            unit = None
+            vq = holder.get("valueQuantity")
+            if isinstance(vq, dict) and isinstance(vq.get("value"), (int, float)) and not isinstance(vq.get("value"), bool):
+                value = float(vq["value"])
+                unit = vq.get("code") or vq.get("unit")
+            elif isinstance(holder.get("valueCodeableConcept"), dict):
+                cs = _codings(holder["valueCodeableConcept"])
+                value = (cs[0].get("code") if cs else None) or _text(holder["valueCodeableConcept"])
+            elif isinstance(holder.get("valueInteger"), int):
+                value = float(holder["valueInteger"])
+            elif isinstance(holder.get("valueBoolean"), bool):
+                value = "true" if holder["valueBoolean"] else "false"
+            elif isinstance(holder.get("valueString"), str):
+                value = holder["valueString"]
+            for code in codes:
+                out.setdefault(code, []).append(Obs(code, value, unit, when, _text(code_cc)))
+
+        for r in resources:
+            if r.get("status") in BAD_OBS:
+                continue
+            when = parse_time(r.get("effectiveDateTime")) or parse_time(
+                (r.get("effectivePeriod") or {}).get("end") if isinstance(r.get("effectivePeriod"), dict) else None
+            ) or parse_time(r.get("effectiveInstant")) or parse_time(r.get("issued"))
+            if when is not None and when > now:
+                continue  # results from the future relative to "now" are ignored (replays)
+            add(r.get("code"), r, when)
+            for comp in r.get("component") or []:
+                if isinstance(comp, dict):
+                    add(comp.get("code"), comp, when)
+        epoch = datetime(1, 1, 1, tzinfo=timezone.utc)
+        for lst in out.values():
+            lst.sort(key=lambda o: o.time or epoch, reverse=True)
+        return out
+
+    @staticmethod
+    def _vital(obs: dict[str, list[Obs]], codes: tuple[str, ...], now: datetime, kind: str) -> dict[str, Any] | None:
+        cands = [o for c in codes for o in obs.get(c, []) if isinstance(o.value, float)]
+        epoch = datetime(1, 1, 1, tzinfo=timezone.utc)
+        cands.sort(key=lambda o: o.time or epoch, reverse=True)
+        for o in cands:
+            if kind == "weight":
+                try:
+                    kg = weight_to_kg(Decimal(str(o.value)), o.unit or "")
+                except UnitError:
+                    continue
+                val = {"kg": float(kg)}
+            else:
+                if o.unit not in ("cm", "m", "[in_i]"):
+                    continue
+                factor = {"cm": 1.0, "m": 100.0, "[in_i]": 2.54}[o.unit]
+                val = {"cm": o.value * factor}
+            val["date"] = o.time.isoformat() if o.time else None
+            val["age_days"] = (now - o.time).days if o.time else None
+            return val
+        return None
+
+    # ---------------------------------------------------------------- conditions, allergies, encounter
+
+    @staticmethod
+    def _conditions(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for r in resources:
+            clinical = [c.get("code") for c in _codings(r.get("clinicalStatus"))]
+            verification = [c.get("code") for c in _codings(r.get("verificationStatus"))]
+            if clinical and not set(clinical) & {"active", "recurrence", "relapse"}:
+                continue
+            if set(verification) & {"refuted", "entered-in-error"}:
+                continue
+            item: dict[str, Any] = {"icd10": [], "icpc2": [], "snomed": [], "display": _text(r.get("code"))}
+            for c in _codings(r.get("code")):
+                kind = COND_SYSTEMS.get(c.get("system") or "")
+                if kind and isinstance(c.get("code"), str):
+                    item[kind].append(c["code"])
+            onset = parse_time(r.get("onsetDateTime") or r.get("recordedDate"))
+            item["onset"] = onset.isoformat() if onset else None
+            item["id"] = r.get("id")
+            out.append(item)
+        return out
+
+    @staticmethod
+    def _allergies(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for r in resources:
+            if {c.get("code") for c in _codings(r.get("clinicalStatus"))} & {"inactive", "resolved"}:
+                continue
+            out.append({"codes": [f"{c.get('system')}|{c.get('code')}" for c in _codings(r.get("code"))], "display": _text(r.get("code"))})
+        return out
+
+    @staticmethod
+    def _encounter(resources: list[dict[str, Any]], encounter_id: str | None) -> dict[str, Any] | None:
+        enc = next((r for r in resources if encounter_id is None or r.get("id") == encounter_id), None)
+        if enc is None:
+            return None
+        cls = enc.get("class")
+        start = parse_time((enc.get("period") or {}).get("start") if isinstance(enc.get("period"), dict) else None)
+        return {
+            "id": enc.get("id"),
+            "status": enc.get("status"),
+            "class": cls.get("code") if isinstance(cls, dict) else None,
+            "start": start.isoformat() if start else None,
+        }

@@ -1,0 +1,233 @@
+"""Evaluate compiled packs against a patient's facts → findings (+ an explain trace).
+
+Candidate generation is index-driven: a table rule looks up only the rows whose codes match
+the item's codes; a pair rule looks up rows for each focus drug and then checks the other
+drugs against the row's other column. Each candidate's data holds only the fact roots the
+rule reads, so evaluation cost does not grow with the size of the patient record either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import datalogic_py as dl
+
+from cds.engine.functions import atc_in
+from cds.engine.loader import CompiledRule, LoadedPack, lookup_codes
+
+Bindings = dict[str, Any]
+
+
+@dataclass
+class Finding:
+    pack: LoadedPack
+    rule: CompiledRule
+    severity: str  # info | warning | critical
+    data: dict[str, Any]  # everything the card templates may use
+    row_line: int | None
+    shadow: bool = False
+
+    @property
+    def refs(self) -> list[str]:
+        out = []
+        for k in ("item", "a", "b"):
+            v = self.data.get(k)
+            if isinstance(v, dict) and v.get("ref"):
+                out.append(v["ref"])
+        return out
+
+
+@dataclass
+class RuleTrace:
+    rule: str
+    pack: str
+    candidates: int = 0
+    fired: int = 0
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "pack": self.pack,
+            "candidates": self.candidates,
+            "fired": self.fired,
+            "evaluations": self.evaluations,
+        }
+
+
+def _codes(med: dict[str, Any], key: str) -> list[str]:
+    return list(med.get(key) or [])
+
+
+def _matches(med: dict[str, Any], row_codes: Any, key: str) -> bool:
+    codes = row_codes if isinstance(row_codes, list) else [row_codes]
+    if key == "atc":
+        return atc_in(med.get("atc"), codes)
+    return bool(set(_codes(med, key)) & {c for c in codes if isinstance(c, str)})
+
+
+def _same_substance(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(set(a.get("atc") or []) & set(b.get("atc") or [])) or bool(
+        set(a.get("rxnorm") or []) & set(b.get("rxnorm") or [])
+    )
+
+
+def _collection(facts: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    if name == "conditions":
+        return list(facts.get("conditions") or [])
+    meds = facts.get("meds") or {}
+    if name == "meds.all":
+        return list(meds.get("active") or []) + list(meds.get("draft") or [])
+    return list(meds.get(name.split(".", 1)[1]) or [])
+
+
+def candidates(rule: CompiledRule, facts: dict[str, Any]) -> Iterator[tuple[Bindings, int | None]]:
+    d = rule.defn
+    if d.pair:
+        p = d.pair
+        table = rule.tables[0]
+        focus = _collection(facts, "meds.focus")
+        other = _collection(facts, p.other)
+        seen: set[tuple[int, frozenset[str]]] = set()
+        for x in focus:
+            sides = [("a", rule.pair_a, p.b)]
+            if p.symmetric:
+                sides.append(("b", rule.pair_b, p.a))
+            for side, idx, other_col in sides:
+                for ri in lookup_codes(idx, _codes(x, p.key), p.key):
+                    row = table.rows[ri]
+                    for y in other:
+                        if y is x or (y.get("ref") and y.get("ref") == x.get("ref")) or _same_substance(x, y):
+                            continue
+                        if not _matches(y, row.get(other_col), p.key):
+                            continue
+                        key = (ri, frozenset(filter(None, (x.get("ref") or str(id(x)), y.get("ref") or str(id(y))))))
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        a, b = (x, y) if side == "a" else (y, x)
+                        yield {"row": row, "a": a, "b": b}, table.lines[ri]
+        return
+    if d.for_each:
+        items = _collection(facts, d.for_each)
+        if d.table:
+            table = rule.tables[0]
+            key = d.table.key
+            for item in items:
+                if key == "code":
+                    codes = [c for k in ("icd10", "icpc2", "snomed") for c in item.get(k) or []]
+                    codes = codes + [c.replace(".", "")[:n] for c in codes for n in range(3, len(c.replace(".", "")))]
+                    hits = lookup_codes(rule.join, codes, "code")
+                else:
+                    hits = lookup_codes(rule.join, _codes(item, key), key)
+                for ri in hits:
+                    yield {"item": item, "row": table.rows[ri]}, table.lines[ri]
+        else:
+            for item in items:
+                yield {"item": item}, None
+        return
+    yield {}, None
+
+
+def _summarise(b: Bindings, line: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in ("item", "a", "b"):
+        v = b.get(k)
+        if isinstance(v, dict):
+            out[k] = v.get("ref") or v.get("name") or v.get("display") or v.get("id")
+    if "row" in b:
+        out["row"] = {"line": line, **{k: v for k, v in b["row"].items() if k in ("id", "pair_id", "drug", "parameter")}}
+    return out
+
+
+@dataclass
+class RuleError:
+    """A rule whose expressions failed at run time (e.g. comparing an object with a number).
+    It does not fire; the error is reported (response extension, log, ``cds test`` fails)."""
+
+    rule: str
+    pack: str
+    message: str
+    subject: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"rule": self.rule, "pack": self.pack, "message": self.message, **({"subject": self.subject} if self.subject else {})}
+
+
+def evaluate_pack(
+    pack: LoadedPack,
+    facts: dict[str, Any],
+    hook: str,
+    *,
+    shadow: bool = False,
+    explain: bool = False,
+    errors: list[RuleError] | None = None,
+) -> tuple[list[Finding], list[RuleTrace]]:
+    findings: list[Finding] = []
+    traces: list[RuleTrace] = []
+    truthy = pack.engine.truthy
+    for rule in pack.rules:
+        if hook not in rule.defn.hooks:
+            continue
+        trace = RuleTrace(rule.id, pack.key) if explain else None
+        base = {r: facts.get(r) for r in rule.roots}
+        for binds, line in candidates(rule, facts):
+            data = dict(base)
+            data.update(binds)
+            lets: dict[str, Any] = {}
+            data["let"] = lets
+            try:
+                for name, expr in rule.lets:
+                    lets[name] = expr.evaluate(data)
+                fired = truthy(rule.when.evaluate(data))
+                sev = rule.severity.evaluate(data) if fired else None
+            except dl.DataLogicError as e:
+                if errors is not None:
+                    errors.append(RuleError(rule.id, pack.key, str(e), _summarise(binds, line)))
+                if trace is not None:
+                    trace.candidates += 1
+                    trace.evaluations.append({**_summarise(binds, line), "error": str(e), "fired": False})
+                continue
+            if sev not in ("info", "warning", "critical", "none"):
+                sev = "none" if not fired else "warning"  # unknown severity: fail safe, visible
+            if trace is not None:
+                trace.candidates += 1
+                trace.evaluations.append(
+                    {
+                        **_summarise(binds, line),
+                        "let": dict(lets),
+                        "when": fired,
+                        "severity": sev,
+                        "fired": bool(fired and sev != "none"),
+                        "reads": _reads(rule, data),
+                    }
+                )
+            if fired and sev != "none":
+                if trace is not None:
+                    trace.fired += 1
+                findings.append(Finding(pack, rule, sev, data, line, shadow))
+        if trace is not None:
+            traces.append(trace)
+    return findings, traces
+
+
+def _reads(rule: CompiledRule, data: dict[str, Any]) -> dict[str, Any]:
+    """The values the rule's expressions read (for explain): path → value."""
+    out: dict[str, Any] = {}
+    exprs = [rule.when, rule.severity, *(r for _, r in rule.lets)]
+    for e in exprs:
+        for path in e.facts()["reads"]:
+            node: Any = data
+            for part in path:
+                if isinstance(node, dict):
+                    node = node.get(part)
+                elif isinstance(node, list) and str(part).isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                else:
+                    node = None
+                    break
+            if isinstance(node, (dict, list)) and len(str(node)) > 300:
+                node = f"<{type(node).__name__} of {len(node)}>"
+            out[".".join(map(str, path))] = node
+    return out

@@ -1,0 +1,172 @@
+"""Named engine functions: JSON Logic operators for what plain JSON Logic cannot say cleanly.
+
+Each function takes the operator's evaluated arguments (a JSON array) and returns JSON. They
+are pure, never raise on odd input (they return ``null`` instead, which rules treat as
+"unknown"), and are documented for authors in docs/authoring.md ("Engine functions").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime
+from typing import Any, Callable
+
+from cds.engine.knowledge import Table
+
+ATC_LEVELS = (1, 3, 4, 5, 7)
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _as_list(v: Any) -> list[Any]:
+    if v is None:
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def atc_in(codes: Any, classes: Any) -> bool:
+    """True when any ATC code is within any of the classes (ATC hierarchy: N06AA ⊇ N06AA09)."""
+    cs = [c for c in _as_list(codes) if isinstance(c, str)]
+    ks = [k for k in _as_list(classes) if isinstance(k, str) and k]
+    return any(c.startswith(k) for c in cs for k in ks)
+
+
+def has_condition(conditions: Any, system: Any, prefixes: Any) -> bool:
+    """True when any condition has a code in ``system`` (icd10|icpc2|snomed) starting with a prefix
+    (ICD-10 A41 matches A41.9; SNOMED codes must match exactly — pass whole codes)."""
+    if not isinstance(system, str):
+        return False
+    ps = [p for p in _as_list(prefixes) if isinstance(p, str) and p]
+    for c in _as_list(conditions):
+        if not isinstance(c, dict):
+            continue
+        for code in _as_list(c.get(system)):
+            if not isinstance(code, str):
+                continue
+            for p in ps:
+                if code == p if system == "snomed" else code.replace(".", "").startswith(p.replace(".", "")):
+                    return True
+    return False
+
+
+def _parse(v: Any) -> datetime | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        if len(v) == 10:
+            return datetime.combine(date.fromisoformat(v), datetime.min.time()).replace(tzinfo=None)
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def days_between(a: Any, b: Any) -> float | None:
+    """Calendar days from date/time ``a`` to ``b`` (whole days between the dates)."""
+    da, db = _parse(a), _parse(b)
+    if da is None or db is None:
+        return None
+    return float((db.date() - da.date()).days)
+
+
+def hours_between(a: Any, b: Any) -> float | None:
+    da, db = _parse(a), _parse(b)
+    if da is None or db is None:
+        return None
+    return round((db - da).total_seconds() / 3600, 3)
+
+
+def latest(observations: Any, max_age_hours: Any = None) -> Any:
+    """The most recent observation of a list (newest first, as the context gives them), if it is
+    no older than ``max_age_hours``; else null."""
+    lst = _as_list(observations)
+    limit = _num(max_age_hours)
+    for o in lst:
+        if not isinstance(o, dict):
+            continue
+        age = _num(o.get("age_hours"))
+        if limit is not None and (age is None or age > limit):
+            return None
+        return o
+    return None
+
+
+def per_kg(amount: Any, kg: Any) -> float | None:
+    a, w = _num(amount), _num(kg)
+    if a is None or w is None or w <= 0:
+        return None
+    return a / w
+
+
+def round_down(value: Any, step: Any) -> float | None:
+    """Largest multiple of ``step`` not above ``value`` (doses are never rounded up)."""
+    v, s = _num(value), _num(step)
+    if v is None or s is None or s <= 0:
+        return None
+    return math.floor(v / s + 1e-9) * s
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    x, y = _num(a), _num(b)
+    if x is None or y is None or y == 0:
+        return None
+    return x / y
+
+
+def band(table: Table | None, key: Any, value: Any) -> Any:
+    """Points for ``value`` in a banded table (columns: parameter, low, high, points):
+    the row of ``parameter == key`` with ``low <= value <= high`` (open ends when empty)."""
+    v = _num(value)
+    if table is None or v is None:
+        return None
+    for r in table.rows:
+        if r.get("parameter") != key:
+            continue
+        lo, hi = _num(r.get("low")), _num(r.get("high"))
+        if (lo is None or v >= lo) and (hi is None or v <= hi):
+            return r.get("points")
+    return None
+
+
+FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
+    "atc_in": (atc_in, "[codes, classes] → true if any ATC code is in any class (hierarchy)"),
+    "has_condition": (has_condition, "[conditions, system, prefixes] → true if any active condition matches"),
+    "days_between": (days_between, "[from, to] → calendar days between two dates/times"),
+    "hours_between": (hours_between, "[from, to] → hours between two times"),
+    "latest": (latest, "[observations, max_age_hours] → newest observation within the window, or null"),
+    "per_kg": (per_kg, "[amount, weight_kg] → amount per kg, or null when either is missing"),
+    "round_down": (round_down, "[value, step] → value rounded DOWN to a multiple of step"),
+    "ratio": (ratio, "[a, b] → a / b, or null when b is 0 or missing"),
+}
+
+
+def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
+    """datalogic custom operators (JSON in, JSON out) bound to a pack's knowledge tables."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[[str], str]:
+        def op(args_json: str) -> str:
+            try:
+                args = json.loads(args_json)
+                if not isinstance(args, list):
+                    args = [args]
+                return json.dumps(fn(*args))
+            except (TypeError, ValueError):
+                return "null"
+
+        return op
+
+    ops = {name: wrap(fn) for name, (fn, _) in FUNCTIONS.items()}
+
+    def band_op(table_id: Any, key: Any, value: Any) -> Any:
+        return band(tables.get(table_id) if isinstance(table_id, str) else None, key, value)
+
+    ops["band"] = wrap(band_op)
+    return ops
+
+
+OPERATOR_NAMES = (*FUNCTIONS, "band")

@@ -1,0 +1,391 @@
+"""Load and validate a rule pack into compiled, indexed form.
+
+Everything an author can get wrong is reported as a :class:`Problem` with file, line and column:
+unknown keys, bad JSON Logic (checked by the engine itself), missing knowledge files, rows that
+fail their schema, checksum drift, placeholders a template cannot fill, missing locale texts,
+summaries that can exceed 140 characters, references to unknown cards/tables/columns/reasons.
+A pack with any error is not loaded.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datalogic_py as dl
+
+from cds.cards.templates import SUMMARY_TEXT, literal_length, placeholders
+from cds.engine.functions import ATC_LEVELS, operators
+from cds.engine.knowledge import KnowledgeCache, Table
+from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
+from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
+
+MED_FIELDS = {
+    "ref", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name",
+    "identified", "dose", "problems",
+}
+COND_FIELDS = {"icd10", "icpc2", "snomed", "display", "onset", "id"}
+FACT_ROOTS = {"now", "hook", "patient", "meds", "conditions", "obs", "allergies", "encounter", "gaps"}
+SEVERITIES = {"info", "warning", "critical", "none"}
+SUMMARY_MAX = 139
+NUMBER_WIDTH = 12
+
+
+@dataclass
+class CompiledRule:
+    defn: RuleDef
+    index: int
+    when: dl.Rule
+    severity: dl.Rule
+    lets: list[tuple[str, dl.Rule]]
+    roots: set[str]
+    card: CardTpl
+    tables: list[Table]
+    join: dict[str, list[int]] = field(default_factory=dict)
+    pair_a: dict[str, list[int]] = field(default_factory=dict)
+    pair_b: dict[str, list[int]] = field(default_factory=dict)
+    suggestion_when: dict[str, dl.Rule] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.defn.id
+
+
+@dataclass
+class LoadedPack:
+    manifest: Manifest
+    dir: Path
+    content_hash: str
+    rules: list[CompiledRule]
+    cards: dict[str, CardTpl]
+    tables: dict[str, Table]
+    engine: dl.Engine
+    test_files: list[Path]
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    def ref(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version, "hash": self.content_hash}
+
+
+def index_codes(rows: list[dict[str, Any]], column: str) -> dict[str, list[int]]:
+    idx: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        v = r.get(column)
+        for code in v if isinstance(v, list) else [v]:
+            if isinstance(code, str) and code:
+                idx.setdefault(code, []).append(i)
+    return idx
+
+
+def lookup_codes(idx: dict[str, list[int]], codes: list[str], key: str) -> list[int]:
+    """Row indexes whose code matches any of ``codes``: ATC by hierarchy (the row's code is a
+    prefix at an ATC level), others exactly. Cost grows with codes, not with rows."""
+    hits: list[int] = []
+    for c in codes:
+        if key == "atc":
+            for n in ATC_LEVELS:
+                if n <= len(c):
+                    hits.extend(idx.get(c[:n], ()))
+        else:
+            hits.extend(idx.get(c, ()))
+    return sorted(set(hits))
+
+
+def content_hash(pack_dir: Path, files: list[Path], tables: list[Table]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(str(p.relative_to(pack_dir)).encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    for t in sorted(tables, key=lambda t: t.id):
+        h.update(f"{t.id}@{t.sha256}".encode())
+    return "sha256:" + h.hexdigest()
+
+
+class _Ctx:
+    def __init__(self, manifest_doc: Located) -> None:
+        self.problems: list[Problem] = []
+        self.manifest_doc = manifest_doc
+
+
+def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None, list[Problem]]:
+    mpath = pack_dir / "pack.yaml"
+    try:
+        mdoc = load_yaml(mpath)
+    except YamlError as e:
+        return None, [e.problem]
+    manifest, problems = validate_model(Manifest, mdoc)
+    if manifest is None:
+        return None, problems
+
+    # ---- knowledge tables
+    tables: dict[str, Table] = {}
+    for i, ref in enumerate(manifest.knowledge):
+        t, errs = cache.get(ref.table)
+        if errs:
+            problems.extend(errs)
+        if t is None:
+            problems.append(mdoc.problem(["knowledge", i, "table"], f"knowledge table {ref.table!r} could not be loaded"))
+            continue
+        if t.release != ref.release:
+            problems.append(mdoc.problem(["knowledge", i, "release"], f"pinned release {ref.release!r} but the table is release {t.release!r}"))
+        if t.sha256 != ref.sha256:
+            problems.append(
+                mdoc.problem(["knowledge", i, "sha256"], f"checksum mismatch: the table's content is {t.sha256} (new content needs a new pack version)")
+            )
+        tables[ref.table] = t
+
+    engine = dl.Engine(custom_operators=operators(tables))
+    files = [mpath]
+
+    # ---- cards
+    cards: dict[str, CardTpl] = {}
+    cards_doc: Located | None = None
+    cpath = pack_dir / manifest.cards
+    try:
+        cards_doc = load_yaml(cpath)
+        files.append(cpath)
+        cf, errs = validate_model(CardsFile, cards_doc)
+        problems.extend(errs)
+        if cf is not None:
+            cards = cf.cards
+    except YamlError as e:
+        problems.append(e.problem)
+
+    reason_codes = {r.code for r in manifest.override_reasons}
+    if cards_doc is not None:
+        for cid, card in cards.items():
+            for j, code in enumerate(card.override_reasons):
+                if code not in reason_codes:
+                    problems.append(cards_doc.problem(["cards", cid, "override_reasons", j], f"override reason {code!r} is not defined in pack.yaml"))
+            for j, s in enumerate(card.suggestions):
+                problems.extend(_check_logic(engine, s.when, cards_doc, ["cards", cid, "suggestions", j, "when"]))
+
+    # ---- rules
+    compiled: list[CompiledRule] = []
+    seen_ids: dict[str, str] = {}
+    ref_ids = {r.id for r in manifest.references}
+    for rel in manifest.rules:
+        rpath = pack_dir / rel
+        try:
+            rdoc = load_yaml(rpath)
+        except YamlError as e:
+            problems.append(e.problem)
+            continue
+        files.append(rpath)
+        rf, errs = validate_model(RulesFile, rdoc)
+        problems.extend(errs)
+        if rf is None:
+            continue
+        for i, rule in enumerate(rf.rules):
+            loc = ["rules", i]
+            if rule.id in seen_ids:
+                problems.append(rdoc.problem(loc + ["id"], f"duplicate rule id {rule.id!r}"))
+                continue
+            seen_ids[rule.id] = str(rpath)
+            for j, r in enumerate(rule.references):
+                if r not in ref_ids:
+                    problems.append(rdoc.problem(loc + ["references", j], f"reference {r!r} is not listed in pack.yaml references"))
+            cr, errs = _compile_rule(engine, rule, i, rdoc, tables, cards, cards_doc)
+            problems.extend(errs)
+            if cr is not None:
+                compiled.append(cr)
+
+    test_files: list[Path] = []
+    for pattern in manifest.tests:
+        test_files.extend(Path(p) for p in sorted(glob.glob(str(pack_dir / pattern))))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        return None, problems
+    pack = LoadedPack(
+        manifest=manifest,
+        dir=pack_dir,
+        content_hash=content_hash(pack_dir, files, list(tables.values())),
+        rules=compiled,
+        cards=cards,
+        tables=tables,
+        engine=engine,
+        test_files=test_files,
+    )
+    return pack, problems
+
+
+def _check_logic(engine: dl.Engine, logic: Any, doc: Located, loc: list[Any]) -> list[Problem]:
+    if isinstance(logic, (bool, int, float, str)) or logic is None:
+        return []
+    out = []
+    for d in engine.check(logic):
+        if d["severity"] != "error":
+            continue
+        out.append(doc.problem(loc + pointer_to_loc(d["pointer"]), f"JSON Logic: {d['message']}"))
+    return out
+
+
+def _compile_rule(
+    engine: dl.Engine,
+    rule: RuleDef,
+    index: int,
+    doc: Located,
+    tables: dict[str, Table],
+    cards: dict[str, CardTpl],
+    cards_doc: Located | None,
+) -> tuple[CompiledRule | None, list[Problem]]:
+    loc: list[Any] = ["rules", index]
+    problems: list[Problem] = []
+
+    # bindings this rule provides, and what each exposes
+    bindings: dict[str, set[str] | None] = {r: None for r in FACT_ROOTS}
+    bindings["let"] = set(rule.let)
+    used_tables: list[Table] = []
+    join: dict[str, list[int]] = {}
+    pair_a: dict[str, list[int]] = {}
+    pair_b: dict[str, list[int]] = {}
+    if rule.for_each:
+        bindings["item"] = COND_FIELDS if rule.for_each == "conditions" else MED_FIELDS
+    if rule.table:
+        t = tables.get(rule.table.table)
+        if t is None:
+            problems.append(doc.problem(loc + ["table", "table"], f"table {rule.table.table!r} is not declared in pack.yaml knowledge"))
+        elif rule.table.column not in t.meta.columns:
+            problems.append(doc.problem(loc + ["table", "column"], f"table {t.id!r} has no column {rule.table.column!r}"))
+        else:
+            used_tables.append(t)
+            bindings["row"] = set(t.meta.columns)
+            join = index_codes(t.rows, rule.table.column)
+    if rule.pair:
+        t = tables.get(rule.pair.table)
+        if t is None:
+            problems.append(doc.problem(loc + ["pair", "table"], f"table {rule.pair.table!r} is not declared in pack.yaml knowledge"))
+        else:
+            for side in ("a", "b"):
+                col = getattr(rule.pair, side)
+                if col not in t.meta.columns:
+                    problems.append(doc.problem(loc + ["pair", side], f"table {t.id!r} has no column {col!r}"))
+            if not problems:
+                used_tables.append(t)
+                bindings["row"] = set(t.meta.columns)
+                bindings["a"] = MED_FIELDS
+                bindings["b"] = MED_FIELDS
+                pair_a = index_codes(t.rows, rule.pair.a)
+                pair_b = index_codes(t.rows, rule.pair.b)
+
+    def compile_expr(expr: Any, where: list[Any]) -> dl.Rule | None:
+        if isinstance(expr, str):
+            expr = json.dumps(expr)  # datalogic reads a Python str as JSON text
+        errs = _check_logic(engine, expr, doc, where)
+        if errs:
+            problems.extend(errs)
+            return None
+        try:
+            r = engine.compile(expr)
+        except dl.DataLogicError as e:
+            problems.append(doc.problem(where, f"JSON Logic: {e}"))
+            return None
+        for path in r.facts()["reads"]:
+            _check_path(path, bindings, doc, where, problems)
+        return r
+
+    lets: list[tuple[str, dl.Rule]] = []
+    for name, expr in rule.let.items():
+        r = compile_expr(expr, loc + ["let", name])
+        if r is not None:
+            lets.append((name, r))
+    when = compile_expr(rule.when, loc + ["when"])
+    severity = compile_expr(rule.severity, loc + ["severity"])
+    if isinstance(rule.severity, str) and rule.severity not in SEVERITIES:
+        problems.append(doc.problem(loc + ["severity"], f"severity must be one of {sorted(SEVERITIES)} or JSON Logic giving one"))
+
+    card = cards.get(rule.card)
+    if card is None:
+        problems.append(doc.problem(loc + ["card"], f"card {rule.card!r} is not defined in the pack's cards file"))
+    elif cards_doc is not None:
+        problems.extend(_check_card(rule, card, bindings, used_tables, cards_doc))
+    if rule.dedupe:
+        for path, _ in placeholders(rule.dedupe):
+            _check_path(path.split("."), bindings, doc, loc + ["dedupe"], problems)
+
+    suggestion_when: dict[str, dl.Rule] = {}
+    if card is not None:
+        for s in card.suggestions:
+            if s.when is not True:
+                try:
+                    suggestion_when[s.id] = engine.compile(json.dumps(s.when) if isinstance(s.when, str) else s.when)
+                except dl.DataLogicError:
+                    pass  # reported by the cards check
+
+    if problems or when is None or severity is None or card is None:
+        return None, problems
+    roots = set()
+    for r in [when, severity, *(x for _, x in lets), *suggestion_when.values()]:
+        roots.update(p[0] for p in r.facts()["reads"] if p)
+    for path, _ in _card_placeholders(card):
+        roots.add(path.split(".")[0])
+    roots &= FACT_ROOTS
+    return (
+        CompiledRule(rule, index, when, severity, lets, roots, card, used_tables, join, pair_a, pair_b, suggestion_when),
+        problems,
+    )
+
+
+def _check_path(path: list[str], bindings: dict[str, set[str] | None], doc: Located, where: list[Any], problems: list[Problem]) -> None:
+    if not path:
+        return
+    root = path[0]
+    if root not in bindings:
+        avail = ", ".join(sorted(bindings))
+        problems.append(doc.problem(where, f"{'.'.join(path)!r}: unknown name {root!r} here (available: {avail})"))
+        return
+    fields = bindings[root]
+    if fields is not None and len(path) > 1 and path[1] not in fields:
+        problems.append(doc.problem(where, f"{'.'.join(path)!r}: {root} has no field {path[1]!r} (has: {', '.join(sorted(fields))})"))
+
+
+def _card_placeholders(card: CardTpl) -> list[tuple[str, str | None]]:
+    return placeholders(card.model_dump(mode="json", exclude={"override_reasons"}))
+
+
+def _check_card(
+    rule: RuleDef, card: CardTpl, bindings: dict[str, set[str] | None], tables: list[Table], doc: Located
+) -> list[Problem]:
+    problems: list[Problem] = []
+    cloc: list[Any] = ["cards", rule.card]
+    for path, flt in _card_placeholders(card):
+        _check_path(path.split("."), bindings, doc, cloc, problems)
+    for p in problems:
+        object.__setattr__(p, "message", f"{p.message} (card used by rule {rule.id!r})")
+    # worst-case summary length per locale
+    for locale in ("nb", "en"):
+        text = card.summary.get(locale)
+        worst = literal_length(text)
+        for path, flt in placeholders(text):
+            parts = path.split(".")
+            if parts[0] == "row" and len(parts) == 2 and tables:
+                width = max(min(t.column_max_len(parts[1]), SUMMARY_TEXT) for t in tables)
+            elif flt and flt.startswith("round") or parts[0] in ("let",) or parts[-1] in ("kg", "mg", "value", "age_days", "age_years"):
+                width = NUMBER_WIDTH
+            elif flt == "date":
+                width = 10
+            else:
+                width = SUMMARY_TEXT
+            worst += width
+        if worst > SUMMARY_MAX:
+            problems.append(
+                doc.problem(cloc + ["summary", locale], f"summary ({locale}) can reach {worst} characters; the limit is {SUMMARY_MAX} (CDS Hooks: < 140)")
+            )
+    return problems
