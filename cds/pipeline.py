@@ -14,7 +14,7 @@ from cds.cards.render import render_card, select
 from cds.engine.evaluate import Finding, RuleError, RuleTrace, evaluate_pack
 from cds.engine.loader import LoadedPack
 from cds.engine.registry import RuleSet
-from cds.hooks.models import Card, CdsResponse
+from cds.hooks.models import Card, CdsResponse, prune
 from cds.hooks.services import ServiceDefinition
 
 EVALUATION_EXT = "org.cdsrules.evaluation"
@@ -94,17 +94,6 @@ def evaluate(
         extension[EXPLAIN_EXT] = prune({"facts": _explain_facts(facts), "rules": [t.wire() for t in traces]})
     response = CdsResponse(cards=[c for c, _ in cards], extension=extension)
     return Evaluation(response, packs, cards, shadow_cards, traces, skipped, errors)
-
-
-def prune(v: Any) -> Any:
-    """Drop nulls and empty containers (CDS Hooks: no null or empty values in a response)."""
-    if isinstance(v, dict):
-        out = {k: prune(x) for k, x in v.items()}
-        return {k: x for k, x in out.items() if x is not None and x != {} and x != [] and x != ""}
-    if isinstance(v, list):
-        out_l = [prune(x) for x in v]
-        return [x for x in out_l if x is not None and x != {} and x != [] and x != ""]
-    return v
 
 
 def _explain_facts(facts: dict[str, Any]) -> dict[str, Any]:

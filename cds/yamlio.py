@@ -40,11 +40,11 @@ class Located:
     data: Any
     tree: Any = field(repr=False)
 
-    def where(self, loc: Iterable[Any]) -> tuple[int, int]:
-        return locate(self.tree, loc)
+    def where(self, loc: Iterable[Any], *, key: bool = False) -> tuple[int, int]:
+        return locate(self.tree, loc, key=key)
 
-    def problem(self, loc: Iterable[Any], message: str, severity: str = "error") -> Problem:
-        line, col = self.where(loc)
+    def problem(self, loc: Iterable[Any], message: str, severity: str = "error", *, key: bool = False) -> Problem:
+        line, col = self.where(loc, key=key)
         return Problem(str(self.path), line, col, message, severity)
 
 
@@ -93,21 +93,24 @@ def load_yaml(path: Path) -> Located:
     return Located(path=path, data=_plain(tree), tree=tree)
 
 
-def locate(tree: Any, loc: Iterable[Any]) -> tuple[int, int]:
-    """Best (line, col) for a location path; falls back to the deepest parent found."""
+def locate(tree: Any, loc: Iterable[Any], *, key: bool = False) -> tuple[int, int]:
+    """Best (line, col) for a location path; falls back to the deepest parent found. With
+    ``key``, a mapping entry is located at its key (e.g. an unknown key), else at its value."""
     line, col = 1, 1
     node = tree
-    for part in loc:
+    parts = list(loc)
+    for n, part in enumerate(parts):
         if isinstance(node, CommentedMap):
-            key = part if part in node else str(part)
-            if key not in node:
+            k = part if part in node else str(part)
+            if k not in node:
                 break
             try:
-                ln, cl = node.lc.value(key) if not isinstance(node[key], (CommentedMap, CommentedSeq)) else node.lc.key(key)
+                at_key = isinstance(node[k], (CommentedMap, CommentedSeq)) or (key and n == len(parts) - 1)
+                ln, cl = node.lc.key(k) if at_key else node.lc.value(k)
             except (KeyError, TypeError, AttributeError):
                 ln, cl = node.lc.line, node.lc.col
             line, col = ln + 1, cl + 1
-            node = node[key]
+            node = node[k]
         elif isinstance(node, CommentedSeq):
             if not isinstance(part, int) or part >= len(node):
                 break
@@ -146,7 +149,10 @@ def validate_model(
             loc = tuple(base_loc) + tuple(err["loc"])
             where = ".".join(str(p) for p in err["loc"]) or "(document)"
             msg = err["msg"]
-            if err["type"] == "extra_forbidden":
+            unknown = err["type"] == "extra_forbidden"
+            if unknown:
                 msg = "unknown key (check the spelling; see docs/authoring.md)"
-            problems.append(doc.problem(loc, f"{where}: {msg}"))
+            elif err["type"] == "missing" and loc and loc[-1] in ("nb", "en"):
+                msg = f"missing {loc[-1]} text (required: every text needs both nb and en)"
+            problems.append(doc.problem(loc, f"{where}: {msg}", key=unknown))
         return None, problems

@@ -9,7 +9,7 @@ from typing import Any
 from cds.cards.templates import SUMMARY_TEXT, render_text, render_value
 from cds.engine.evaluate import Finding
 from cds.engine.pack import CardTpl
-from cds.hooks.models import Action, Card, Coding, Link, Source, Suggestion
+from cds.hooks.models import REL_REF, Action, Card, Coding, Link, Source, Suggestion, prune
 
 PROVENANCE = "org.cdsrules.provenance"
 URGENCY = {"critical": 0, "warning": 1, "info": 2}
@@ -63,7 +63,7 @@ def render_card(f: Finding, locale: str, resources: dict[str, dict[str, Any]], c
             desc = render_text(a.description.get(locale), data, locale)
             if a.type == "delete":
                 rid = render_text(a.resource_id or "", data, locale)
-                if not rid or "?" in rid:
+                if not REL_REF.match(rid):
                     ok = False
                     break
                 actions.append(Action(type="delete", description=desc, resourceId=rid))
@@ -82,9 +82,12 @@ def render_card(f: Finding, locale: str, resources: dict[str, dict[str, Any]], c
                     _set_path(res, path, v)
                 if not ok:
                     break
-                actions.append(Action(type="update", description=desc, resource=res))
+                actions.append(Action(type="update", description=desc, resource=prune(res)))
             else:
-                res = render_value(a.resource, data, locale)
+                res = prune(render_value(a.resource, data, locale))
+                if not isinstance(res, dict) or "resourceType" not in res:
+                    ok = False
+                    break
                 actions.append(Action(type=a.type, description=desc, resource=res))
         if not ok:
             continue  # a suggestion we cannot make exactly is not made at all

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from cds.context.codes import CodeMaps, Ingredient
 from cds.context.dosage import StructuredDose, parse_dosage
 from cds.context.units import UnitError, parse_strength, weight_to_kg
+from cds.hooks.models import FHIR_ID
 
 LOINC = "http://loinc.org"
 WEIGHT_CODES = ("29463-7", "3141-9")
@@ -47,6 +48,16 @@ def parse_time(v: Any) -> datetime | None:
         return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
     except ValueError:
         return None
+
+
+def _s(v: Any) -> str | None:
+    """A string field, or None when the client sent something else."""
+    return v if isinstance(v, str) else None
+
+
+def _id(r: dict[str, Any]) -> str | None:
+    rid = r.get("id")
+    return rid if isinstance(rid, str) and FHIR_ID.match(rid) else None
 
 
 def _num(v: Decimal | None) -> float | None:
@@ -232,10 +243,12 @@ class ContextBuilder:
         index: dict[str, dict[str, Any]] = {}
         seen: set[tuple[str, str]] = set()
         for r in resources:
-            rt, rid = r.get("resourceType"), r.get("id")
+            if not isinstance(r, dict):
+                continue
+            rt, rid = r.get("resourceType"), _id(r)
             if not isinstance(rt, str):
                 continue
-            if isinstance(rid, str):
+            if rid is not None:
                 if (rt, rid) in seen:
                     continue
                 seen.add((rt, rid))
@@ -247,8 +260,9 @@ class ContextBuilder:
             e["resource"] for e in drafts_bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ] if isinstance(drafts_bundle, dict) else []
         for r in draft_resources:
-            if r.get("resourceType") == "Medication" and r.get("id"):
-                index[f"Medication/{r['id']}"] = r
+            if r.get("resourceType") == "Medication" and _id(r):
+                index[f"Medication/{_id(r)}"] = r
+        unreadable: list[str] = []
         selections = set(context.get("selections") or [])
         draft_refs = set()
 
@@ -256,22 +270,27 @@ class ContextBuilder:
         for r in draft_resources:
             if r.get("resourceType") not in ("MedicationRequest",):
                 continue
-            ref = f"MedicationRequest/{r['id']}" if r.get("id") else None
+            ref = f"MedicationRequest/{_id(r)}" if _id(r) else None
             if ref:
                 draft_refs.add(ref)
-            meds_draft.append(self._med(r, "draft", ref in selections if ref else False, index))
+            med = self._safe(self._med, unreadable, r, "draft", ref in selections if ref else False, index)
+            if med is not None:
+                meds_draft.append(med)
 
         meds_active: list[MedFact] = []
         for rt in ("MedicationRequest", "MedicationStatement"):
             for r in by_type.get(rt, []):
-                ref = f"{rt}/{r.get('id')}" if r.get("id") else None
+                ref = f"{rt}/{_id(r)}" if _id(r) else None
                 if ref in draft_refs:
                     continue
-                if r.get("status") in INACTIVE_MED or r.get("status") is None and rt == "MedicationRequest":
+                status = _s(r.get("status"))
+                if status is None or status in INACTIVE_MED:
                     continue
-                meds_active.append(self._med(r, "active", False, index))
+                med = self._safe(self._med, unreadable, r, "active", False, index)
+                if med is not None:
+                    meds_active.append(med)
 
-        observations = self._observations(by_type.get("Observation", []), now)
+        observations = self._observations(by_type.get("Observation", []), now, unreadable)
         patient = (by_type.get("Patient") or [None])[0]
         birth = None
         sex = None
@@ -283,7 +302,7 @@ class ContextBuilder:
                 except ValueError:
                     birth = None
             sex = patient.get("gender") if isinstance(patient.get("gender"), str) else None
-        all_gaps = list(gaps or [])
+        all_gaps = list(gaps or []) + unreadable
         if patient is None:
             all_gaps.append("patient: no Patient resource")
         elif birth is None:
@@ -297,15 +316,27 @@ class ContextBuilder:
             sex=sex,
             meds_active=meds_active,
             meds_draft=meds_draft,
-            conditions=self._conditions(by_type.get("Condition", [])),
+            conditions=self._safe(self._conditions, unreadable, by_type.get("Condition", [])) or [],
             observations=observations,
-            allergies=self._allergies(by_type.get("AllergyIntolerance", [])),
-            encounter=self._encounter(by_type.get("Encounter", []), context.get("encounterId")),
+            allergies=self._safe(self._allergies, unreadable, by_type.get("AllergyIntolerance", [])) or [],
+            encounter=self._safe(self._encounter, unreadable, by_type.get("Encounter", []), context.get("encounterId")),
             gaps=all_gaps,
         )
         ctx.weight = self._vital(observations, WEIGHT_CODES, now, kind="weight")
         ctx.height = self._vital(observations, HEIGHT_CODES, now, kind="height")
+        ctx.gaps.extend(g for g in unreadable if g not in ctx.gaps)
         return ctx
+
+    @staticmethod
+    def _safe(fn: Any, unreadable: list[str], *args: Any) -> Any:
+        """Client data can have any shape: a resource we cannot read becomes a reported data
+        gap, never a crash and never a silent pass."""
+        try:
+            return fn(*args)
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as e:
+            what = args[0].get("resourceType") if args and isinstance(args[0], dict) else getattr(fn, "__name__", "data").strip("_")
+            unreadable.append(f"{what}: could not be read ({type(e).__name__}); rules that need it may be incomplete")
+            return None
 
     # ---------------------------------------------------------------- medications
 
@@ -344,8 +375,8 @@ class ContextBuilder:
             else:
                 problems.append("medication could not be identified (no known code, name not recognised)")
         dose = parse_dosage(r.get("dosageInstruction"), strength_mg_per_ml=self._strength(med_res))
-        ref = f"{r['resourceType']}/{r['id']}" if r.get("id") else None
-        return MedFact(ref, r["resourceType"], r.get("status"), origin, selected, display, ingredients, dose, r, problems)
+        ref = f"{r['resourceType']}/{_id(r)}" if _id(r) else None
+        return MedFact(ref, r["resourceType"], _s(r.get("status")), origin, selected, display, ingredients, dose, r, problems)
 
     @staticmethod
     def _strength(med: dict[str, Any] | None) -> Decimal | None:
@@ -367,7 +398,7 @@ class ContextBuilder:
 
     # ---------------------------------------------------------------- observations
 
-    def _observations(self, resources: list[dict[str, Any]], now: datetime) -> dict[str, list[Obs]]:
+    def _observations(self, resources: list[dict[str, Any]], now: datetime, unreadable: list[str]) -> dict[str, list[Obs]]:
         out: dict[str, list[Obs]] = {}
 
         def add(code_cc: Any, holder: dict[str, Any], when: datetime | None) -> None:
@@ -393,21 +424,25 @@ class ContextBuilder:
                 out.setdefault(code, []).append(Obs(code, value, unit, when, _text(code_cc)))
 
         for r in resources:
-            if r.get("status") in BAD_OBS:
-                continue
-            when = parse_time(r.get("effectiveDateTime")) or parse_time(
-                (r.get("effectivePeriod") or {}).get("end") if isinstance(r.get("effectivePeriod"), dict) else None
-            ) or parse_time(r.get("effectiveInstant")) or parse_time(r.get("issued"))
-            if when is not None and when > now:
-                continue  # results from the future relative to "now" are ignored (replays)
-            add(r.get("code"), r, when)
-            for comp in r.get("component") or []:
-                if isinstance(comp, dict):
-                    add(comp.get("code"), comp, when)
+            self._safe(self._one_observation, unreadable, r, now, add)
         epoch = datetime(1, 1, 1, tzinfo=timezone.utc)
         for lst in out.values():
             lst.sort(key=lambda o: o.time or epoch, reverse=True)
         return out
+
+    @staticmethod
+    def _one_observation(r: dict[str, Any], now: datetime, add: Any) -> None:
+        if _s(r.get("status")) in BAD_OBS:
+            return
+        when = parse_time(r.get("effectiveDateTime")) or parse_time(
+            (r.get("effectivePeriod") or {}).get("end") if isinstance(r.get("effectivePeriod"), dict) else None
+        ) or parse_time(r.get("effectiveInstant")) or parse_time(r.get("issued"))
+        if when is not None and when > now:
+            return  # results from the future relative to "now" are ignored (replays)
+        add(r.get("code"), r, when)
+        for comp in r.get("component") or []:
+            if isinstance(comp, dict):
+                add(comp.get("code"), comp, when)
 
     @staticmethod
     def _vital(obs: dict[str, list[Obs]], codes: tuple[str, ...], now: datetime, kind: str) -> dict[str, Any] | None:
@@ -450,7 +485,7 @@ class ContextBuilder:
                     item[kind].append(c["code"])
             onset = parse_time(r.get("onsetDateTime") or r.get("recordedDate"))
             item["onset"] = onset.isoformat() if onset else None
-            item["id"] = r.get("id")
+            item["id"] = _id(r)
             out.append(item)
         return out
 
@@ -465,14 +500,14 @@ class ContextBuilder:
 
     @staticmethod
     def _encounter(resources: list[dict[str, Any]], encounter_id: str | None) -> dict[str, Any] | None:
-        enc = next((r for r in resources if encounter_id is None or r.get("id") == encounter_id), None)
+        enc = next((r for r in resources if encounter_id is None or _id(r) == encounter_id), None)
         if enc is None:
             return None
         cls = enc.get("class")
         start = parse_time((enc.get("period") or {}).get("start") if isinstance(enc.get("period"), dict) else None)
         return {
-            "id": enc.get("id"),
-            "status": enc.get("status"),
+            "id": _id(enc),
+            "status": _s(enc.get("status")),
             "class": cls.get("code") if isinstance(cls, dict) else None,
             "start": start.isoformat() if start else None,
         }

@@ -170,3 +170,13 @@ def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
 
 
 OPERATOR_NAMES = (*FUNCTIONS, "band")
+
+
+def _arity(fn: Callable[..., Any]) -> tuple[int, int]:
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())
+    return sum(1 for p in params if p.default is inspect.Parameter.empty), len(params)
+
+
+ARITY: dict[str, tuple[int, int]] = {name: _arity(fn) for name, (fn, _) in FUNCTIONS.items()} | {"band": (3, 3)}

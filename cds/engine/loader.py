@@ -14,12 +14,12 @@ import json
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import datalogic_py as dl
 
 from cds.cards.templates import SUMMARY_TEXT, literal_length, placeholders
-from cds.engine.functions import ATC_LEVELS, operators
+from cds.engine.functions import ARITY, ATC_LEVELS, operators
 from cds.engine.knowledge import KnowledgeCache, Table
 from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
 from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
@@ -136,11 +136,13 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
 
     # ---- knowledge tables
     tables: dict[str, Table] = {}
+    failed_tables: set[str] = set()
     for i, ref in enumerate(manifest.knowledge):
         t, errs = cache.get(ref.table)
         if errs:
             problems.extend(errs)
         if t is None:
+            failed_tables.add(ref.table)
             problems.append(mdoc.problem(["knowledge", i, "table"], f"knowledge table {ref.table!r} could not be loaded"))
             continue
         if t.release != ref.release:
@@ -155,7 +157,7 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
     files = [mpath]
 
     # ---- cards
-    cards: dict[str, CardTpl] = {}
+    cards: dict[str, CardTpl] | None = {}
     cards_doc: Located | None = None
     cpath = pack_dir / manifest.cards
     try:
@@ -163,13 +165,13 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
         files.append(cpath)
         cf, errs = validate_model(CardsFile, cards_doc)
         problems.extend(errs)
-        if cf is not None:
-            cards = cf.cards
+        cards = cf.cards if cf is not None else None  # None: the cards file itself is broken
     except YamlError as e:
         problems.append(e.problem)
+        cards = None
 
     reason_codes = {r.code for r in manifest.override_reasons}
-    if cards_doc is not None:
+    if cards_doc is not None and cards is not None:
         for cid, card in cards.items():
             for j, code in enumerate(card.override_reasons):
                 if code not in reason_codes:
@@ -202,7 +204,7 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
             for j, r in enumerate(rule.references):
                 if r not in ref_ids:
                     problems.append(rdoc.problem(loc + ["references", j], f"reference {r!r} is not listed in pack.yaml references"))
-            cr, errs = _compile_rule(engine, rule, i, rdoc, tables, cards, cards_doc)
+            cr, errs = _compile_rule(engine, rule, i, rdoc, tables, failed_tables, cards, cards_doc)
             problems.extend(errs)
             if cr is not None:
                 compiled.append(cr)
@@ -218,12 +220,57 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
         dir=pack_dir,
         content_hash=content_hash(pack_dir, files, list(tables.values())),
         rules=compiled,
-        cards=cards,
+        cards=cards or {},
         tables=tables,
         engine=engine,
         test_files=test_files,
     )
     return pack, problems
+
+
+SCOPED = {"some": 1, "all": 1, "none": 1, "map": 1, "filter": 1, "reduce": 1}
+
+
+def iter_vars(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[list[str], tuple[Any, ...]]]:
+    """Every data path an expression reads with ``var``, with its location inside the expression.
+    Arguments evaluated per element (``some``, ``all``, ``map`` …) read the element, not the
+    rule's data, and are skipped."""
+    if isinstance(expr, dict):
+        for op, args in expr.items():
+            here = loc + (op,)
+            if op == "var":
+                path = args[0] if isinstance(args, list) and args else args
+                if isinstance(path, str) and path:
+                    yield path.split("."), loc
+                elif isinstance(path, (dict, list)):
+                    yield from iter_vars(path, here)
+                continue
+            if isinstance(args, list):
+                for i, a in enumerate(args):
+                    if op in SCOPED and i >= SCOPED[op]:
+                        continue
+                    yield from iter_vars(a, here + (i,))
+            else:
+                yield from iter_vars(args, here)
+    elif isinstance(expr, list):
+        for i, a in enumerate(expr):
+            yield from iter_vars(a, loc + (i,))
+
+
+def _arity_problems(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if isinstance(expr, dict):
+        for op, args in expr.items():
+            if op in ARITY:
+                lo, hi = ARITY[op]
+                n = len(args) if isinstance(args, list) else 1
+                if not lo <= n <= hi:
+                    want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+                    yield loc, f"JSON Logic: engine function `{op}` takes {want} arguments, not {n}"
+            for i, a in enumerate(args if isinstance(args, list) else [args]):
+                yield from _arity_problems(a, loc + ((op, i) if isinstance(args, list) else (op,)))
+    elif isinstance(expr, list):
+        for i, a in enumerate(expr):
+            yield from _arity_problems(a, loc + (i,))
 
 
 def _check_logic(engine: dl.Engine, logic: Any, doc: Located, loc: list[Any]) -> list[Problem]:
@@ -234,6 +281,18 @@ def _check_logic(engine: dl.Engine, logic: Any, doc: Located, loc: list[Any]) ->
         if d["severity"] != "error":
             continue
         out.append(doc.problem(loc + pointer_to_loc(d["pointer"]), f"JSON Logic: {d['message']}"))
+    for where, msg in _arity_problems(logic):
+        out.append(doc.problem(loc + _flat(where), msg))
+    return out
+
+
+def _flat(loc: tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(part, tuple):
+            out.extend(part)
+        else:
+            out.append(part)
     return out
 
 
@@ -243,7 +302,8 @@ def _compile_rule(
     index: int,
     doc: Located,
     tables: dict[str, Table],
-    cards: dict[str, CardTpl],
+    failed_tables: set[str],
+    cards: dict[str, CardTpl] | None,
     cards_doc: Located | None,
 ) -> tuple[CompiledRule | None, list[Problem]]:
     loc: list[Any] = ["rules", index]
@@ -258,9 +318,13 @@ def _compile_rule(
     pair_b: dict[str, list[int]] = {}
     if rule.for_each:
         bindings["item"] = COND_FIELDS if rule.for_each == "conditions" else MED_FIELDS
+    broken = False  # the rule depends on something already reported as broken: report nothing more
     if rule.table:
         t = tables.get(rule.table.table)
-        if t is None:
+        if t is None and rule.table.table in failed_tables:
+            broken = True
+            bindings["row"] = None
+        elif t is None:
             problems.append(doc.problem(loc + ["table", "table"], f"table {rule.table.table!r} is not declared in pack.yaml knowledge"))
         elif rule.table.column not in t.meta.columns:
             problems.append(doc.problem(loc + ["table", "column"], f"table {t.id!r} has no column {rule.table.column!r}"))
@@ -270,7 +334,10 @@ def _compile_rule(
             join = index_codes(t.rows, rule.table.column)
     if rule.pair:
         t = tables.get(rule.pair.table)
-        if t is None:
+        if t is None and rule.pair.table in failed_tables:
+            broken = True
+            bindings.update(row=None, a=MED_FIELDS, b=MED_FIELDS)
+        elif t is None:
             problems.append(doc.problem(loc + ["pair", "table"], f"table {rule.pair.table!r} is not declared in pack.yaml knowledge"))
         else:
             for side in ("a", "b"):
@@ -297,8 +364,9 @@ def _compile_rule(
         except dl.DataLogicError as e:
             problems.append(doc.problem(where, f"JSON Logic: {e}"))
             return None
-        for path in r.facts()["reads"]:
-            _check_path(path, bindings, doc, where, problems)
+        if not isinstance(expr, str):
+            for path, at in iter_vars(expr):
+                _check_path(path, bindings, doc, where + list(at), problems)
         return r
 
     lets: list[tuple[str, dl.Rule]] = []
@@ -311,11 +379,17 @@ def _compile_rule(
     if isinstance(rule.severity, str) and rule.severity not in SEVERITIES:
         problems.append(doc.problem(loc + ["severity"], f"severity must be one of {sorted(SEVERITIES)} or JSON Logic giving one"))
 
-    card = cards.get(rule.card)
-    if card is None:
+    card = cards.get(rule.card) if cards is not None else None
+    if card is None and cards is not None:
         problems.append(doc.problem(loc + ["card"], f"card {rule.card!r} is not defined in the pack's cards file"))
-    elif cards_doc is not None:
+    elif card is not None and cards_doc is not None:
         problems.extend(_check_card(rule, card, bindings, used_tables, cards_doc))
+        for j, sug in enumerate(card.suggestions):
+            for path, at in iter_vars(sug.when):
+                before = len(problems)
+                _check_path(path, bindings, cards_doc, ["cards", rule.card, "suggestions", j, "when", *at], problems)
+                for p in problems[before:]:
+                    object.__setattr__(p, "message", f"{p.message} (card used by rule {rule.id!r})")
     if rule.dedupe:
         for path, _ in placeholders(rule.dedupe):
             _check_path(path.split("."), bindings, doc, loc + ["dedupe"], problems)
@@ -329,6 +403,8 @@ def _compile_rule(
                 except dl.DataLogicError:
                     pass  # reported by the cards check
 
+    if broken:
+        return None, []
     if problems or when is None or severity is None or card is None:
         return None, problems
     roots = set()
@@ -356,6 +432,17 @@ def _check_path(path: list[str], bindings: dict[str, set[str] | None], doc: Loca
         problems.append(doc.problem(where, f"{'.'.join(path)!r}: {root} has no field {path[1]!r} (has: {', '.join(sorted(fields))})"))
 
 
+def _strings(v: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if isinstance(v, str):
+        yield at, v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield from _strings(x, at + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _strings(x, at + (i,))
+
+
 def _card_placeholders(card: CardTpl) -> list[tuple[str, str | None]]:
     return placeholders(card.model_dump(mode="json", exclude={"override_reasons"}))
 
@@ -365,8 +452,9 @@ def _check_card(
 ) -> list[Problem]:
     problems: list[Problem] = []
     cloc: list[Any] = ["cards", rule.card]
-    for path, flt in _card_placeholders(card):
-        _check_path(path.split("."), bindings, doc, cloc, problems)
+    for at, text in _strings(card.model_dump(mode="json", exclude={"override_reasons"}, exclude_defaults=True)):
+        for path, _flt in placeholders(text):
+            _check_path(path.split("."), bindings, doc, cloc + list(at), problems)
     for p in problems:
         object.__setattr__(p, "message", f"{p.message} (card used by rule {rule.id!r})")
     # worst-case summary length per locale

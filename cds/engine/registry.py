@@ -83,7 +83,10 @@ def load_ruleset(hooks_dir: Path, rules_dir: Path, knowledge_dir: Path) -> tuple
             versions = packs.get(pin.id, {})
             if not any(Version(v) in pin.specifier for v in versions):
                 problems.append(
-                    Problem(str(services.files[sid]), 1, 1, f"service {sid!r}: no loaded version of pack {pin.id!r} matches {pin.version!r}")
+                    services.docs[sid].problem(
+                        ["packs", i, "version" if pin.id in packs else "id"],
+                        f"service {sid!r}: no loaded version of pack {pin.id!r} matches {pin.version!r}",
+                    )
                 )
     if any(p.severity == "error" for p in problems):
         return None, problems

@@ -29,6 +29,17 @@ HOOKS = (
 )
 
 
+def prune(v: Any) -> Any:
+    """Drop nulls and empty strings/lists/objects (CDS Hooks: OPTIONAL values are omitted)."""
+    if isinstance(v, dict):
+        out = {k: prune(x) for k, x in v.items()}
+        return {k: x for k, x in out.items() if x is not None and x != {} and x != [] and x != ""}
+    if isinstance(v, list):
+        items = [prune(x) for x in v]
+        return [x for x in items if x is not None and x != {} and x != [] and x != ""]
+    return v
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

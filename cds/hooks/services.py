@@ -16,7 +16,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cds.hooks.models import HOOKS, ServiceDescriptor
-from cds.yamlio import Problem, YamlError, load_yaml, validate_model
+from cds.yamlio import Located, Problem, YamlError, load_yaml, validate_model
 
 TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 USER_TOKENS = ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId")
@@ -87,22 +87,23 @@ class ServiceDefinition(BaseModel):
             }
         return data
 
-    @model_validator(mode="after")
-    def _tokens(self) -> ServiceDefinition:
+    def token_problems(self) -> list[tuple[str, str]]:
+        """(prefetch key, message) for every token that is not a valid 2.0 prefetch token."""
+        out: list[tuple[str, str]] = []
         for key, spec in self.prefetch.items():
-            for hook in self.hooks:
-                for tok in TOKEN.findall(spec.template):
-                    if tok in USER_TOKENS:
-                        continue
-                    if tok.startswith("context."):
-                        fieldname = tok[len("context."):]
-                        if fieldname in TOKEN_FIELDS[hook]:
-                            continue
-                    raise ValueError(
-                        f"prefetch {key!r}: token {{{{{tok}}}}} is not a CDS Hooks 2.0 prefetch token "
-                        f"for {hook} (only root primitive context fields and user*Id tokens)"
-                    )
-        return self
+            bad = [
+                (tok, hook)
+                for hook in self.hooks
+                for tok in TOKEN.findall(spec.template)
+                if tok not in USER_TOKENS and not (tok.startswith("context.") and tok[len("context."):] in TOKEN_FIELDS[hook])
+            ]
+            if "{{" in TOKEN.sub("", spec.template) or "}}" in TOKEN.sub("", spec.template):
+                out.append((key, f"prefetch {key!r}: unbalanced '{{{{' or '}}}}' in the template"))
+            elif bad:
+                tok, hook = bad[0]
+                out.append((key, f"prefetch {key!r}: token {{{{{tok}}}}} is not a CDS Hooks 2.0 prefetch token "
+                                 f"for {hook} (only root primitive context fields and user*Id tokens)"))
+        return out
 
     def descriptors(self) -> list[ServiceDescriptor]:
         prefetch = {k: v.template for k, v in self.prefetch.items()} or None
@@ -123,6 +124,7 @@ class ServiceDefinition(BaseModel):
 class ServiceCatalog:
     services: dict[str, ServiceDefinition] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    docs: dict[str, Located] = field(default_factory=dict)
 
     def get(self, service_id: str) -> ServiceDefinition | None:
         return self.services.get(service_id)
@@ -149,9 +151,14 @@ def load_services(hooks_dir: Path) -> tuple[ServiceCatalog, list[Problem]]:
         problems.extend(errs)
         if svc is None:
             continue
+        bad = svc.token_problems()
+        if bad:
+            problems.extend(doc.problem(["prefetch", k], msg, key=True) for k, msg in bad)
+            continue
         if svc.id in catalog.services:
             problems.append(doc.problem(["id"], f"service id {svc.id!r} already defined in {catalog.files[svc.id]}"))
             continue
         catalog.services[svc.id] = svc
         catalog.files[svc.id] = path
+        catalog.docs[svc.id] = doc
     return catalog, problems
