@@ -275,7 +275,6 @@ class TestRenderCard:
         card = render_card(finding(pack, "note", item=m), "en", {}, [{"table": "codes/x", "release": "1", "sha256": "0"}])
         assert card.wire()["extension"][PROVENANCE]["knowledge"] == [{"table": "codes/x", "release": "1", "sha256": "0"}]
 
-    @pytest.mark.xfail(strict=True, reason="BUG: list values in summaries are not shortened to SUMMARY_TEXT (templates.py fmt_value list branch ignores max_text)")
     def test_list_placeholder_truncated_in_summary(self, pack: LoadedPack) -> None:
         codes = [f"N06AA{i:02d}" for i in range(1, 13)]  # 12 codes → 106 characters
         card = render_card(finding(pack, "codes", "info", item=med(atc=codes)), "en", {}, [])
@@ -335,7 +334,6 @@ class TestSelect:
     def test_empty(self) -> None:
         assert select([]) == []
 
-    @pytest.mark.xfail(strict=True, reason="BUG: findings about different medications without ids share one dedupe key and are merged (render.py dedupe_key uses only refs)")
     def test_distinct_medications_without_ids_not_merged(self, pack: LoadedPack) -> None:
         a = finding(pack, "note", item=med(None, display="Herbal drops A"))
         b = finding(pack, "note", item=med(None, display="Herbal drops B"))

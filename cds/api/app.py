@@ -103,6 +103,9 @@ def create_app(settings: Settings, *, state: AppState | None = None, watch: bool
         except AuthError as e:
             log.warning("client authentication failed", extra={"detail": e.reason, "path": request.url.path})
             return Response(status_code=401)
+        except Exception:  # e.g. the replay cache's database: our fault, not the client's
+            log.exception("client authentication could not be completed", extra={"path": request.url.path})
+            return operation_outcome(503, "authentication temporarily unavailable")
 
     async def read_json(request: Request) -> Any | Response:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()

@@ -132,8 +132,9 @@ def render_card(f: Finding, locale: str, resources: dict[str, dict[str, Any]], c
         rid = data.get("row", {}).get("id")
         if rid:
             prov["row"]["id"] = rid
-    if f.refs:
-        prov["subjects"] = f.refs
+    subjects = [r for r in f.refs if "/" in r]
+    if subjects:
+        prov["subjects"] = subjects
     return Card(
         uuid=str(uuid.uuid4()),
         summary=summary,
@@ -155,7 +156,12 @@ def _meds(data: dict[str, Any]) -> list[dict[str, Any]]:
 def dedupe_key(f: Finding) -> str:
     if f.rule.defn.dedupe:
         return render_text(f.rule.defn.dedupe, f.data, "en")
-    return f"{f.pack.id}:{f.rule.id}:{'|'.join(sorted(f.refs))}:{f.row_line}"
+    subjects = [
+        v.get("ref") or v.get("key") or f"#{id(v)}"  # never merge two different unnamed items
+        for k in ("item", "a", "b")
+        if isinstance(v := f.data.get(k), dict)
+    ]
+    return f"{f.pack.id}:{f.rule.id}:{'|'.join(sorted(subjects))}:{f.row_line}"
 
 
 def select(findings: list[Finding]) -> list[Finding]:

@@ -52,9 +52,7 @@ def fmt_value(v: Any, locale: str, flt: str | None = None, max_text: int | None 
         if flt and flt.startswith("round"):
             return fmt_number(float(v), locale, int(flt[5:]))
         return fmt_number(float(v), locale)
-    if isinstance(v, list):
-        return ", ".join(fmt_value(x, locale) for x in v)
-    s = str(v)
+    s = ", ".join(fmt_value(x, locale) for x in v) if isinstance(v, list) else str(v)
     if flt == "date":
         return s[:10]
     if flt == "lower":

@@ -76,6 +76,7 @@ class MedFact:
     dose: StructuredDose
     resource: dict[str, Any] = field(repr=False)
     problems: list[str] = field(default_factory=list)
+    key: str = ""  # ref, or "<origin>#<n>" for a resource without a usable id
 
     @property
     def identified(self) -> bool:
@@ -90,6 +91,7 @@ class MedFact:
         d = self.dose
         return {
             "ref": self.ref,
+            "key": self.key,
             "status": self.status,
             "origin": self.origin,
             "selected": self.selected,
@@ -162,13 +164,22 @@ class PatientContext:
     def all_meds(self) -> list[MedFact]:
         return self.meds_active + self.meds_draft
 
+    def gestational_age_weeks(self) -> float | None:
+        """Gestational age at birth (LOINC 76516-4) in weeks; None when absent or in a unit we
+        cannot read (never guessed)."""
+        obs = self.observations.get(GEST_AGE_AT_BIRTH)
+        if not obs or not isinstance(obs[0].value, float):
+            return None
+        unit = (obs[0].unit or "").strip()
+        factor = {"wk": 1.0, "week": 1.0, "weeks": 1.0, "d": 1 / 7, "day": 1 / 7, "days": 1 / 7}.get(unit)
+        return round(obs[0].value * factor, 4) if factor is not None else None
+
     def age_days(self) -> int | None:
         return (self.now.date() - self.birth_date).days if self.birth_date else None
 
     def facts(self) -> dict[str, Any]:
         age_days = self.age_days()
-        gest = self.observations.get(GEST_AGE_AT_BIRTH)
-        gest_weeks = gest[0].value if gest and isinstance(gest[0].value, (int, float)) else None
+        gest_weeks = self.gestational_age_weeks()
         patient = {
             "id": self.patient_id,
             "sex": self.sex,
@@ -273,7 +284,8 @@ class ContextBuilder:
             ref = f"MedicationRequest/{_id(r)}" if _id(r) else None
             if ref:
                 draft_refs.add(ref)
-            med = self._safe(self._med, unreadable, r, "draft", ref in selections if ref else False, index)
+            selected = hook == "order-select" and ref is not None and ref in selections
+            med = self._safe(self._med, unreadable, r, "draft", selected, index)
             if med is not None:
                 meds_draft.append(med)
 
@@ -322,6 +334,8 @@ class ContextBuilder:
             encounter=self._safe(self._encounter, unreadable, by_type.get("Encounter", []), context.get("encounterId")),
             gaps=all_gaps,
         )
+        for n, m in enumerate(ctx.all_meds()):
+            m.key = m.ref or f"{m.origin}#{n + 1}"
         ctx.weight = self._vital(observations, WEIGHT_CODES, now, kind="weight")
         ctx.height = self._vital(observations, HEIGHT_CODES, now, kind="height")
         ctx.gaps.extend(g for g in unreadable if g not in ctx.gaps)

@@ -37,7 +37,7 @@ class PreconditionFailed(Exception):
 def render_template(template: str, context: dict[str, Any]) -> str | None:
     """Render 2.0 prefetch tokens; None when a token cannot be resolved."""
     user = context.get("userId")
-    user_type, _, user_id = (user or "").partition("/")
+    user_type, _, user_id = (user if isinstance(user, str) else "").partition("/")
     user_tokens = {
         "userPractitionerId": user_id if user_type == "Practitioner" else None,
         "userPractitionerRoleId": user_id if user_type == "PractitionerRole" else None,
@@ -61,7 +61,9 @@ def render_template(template: str, context: dict[str, Any]) -> str | None:
         return str(val)
 
     out = TOKEN.sub(sub, template)
-    return None if failed else out
+    if failed or "{{" in out or "}}" in out:
+        return None  # an unresolved or malformed token is never sent to the FHIR server
+    return out
 
 
 def resources_of(value: Any) -> list[dict[str, Any]]:
@@ -69,9 +71,10 @@ def resources_of(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, dict):
         return []
     if value.get("resourceType") == "Bundle":
+        entries = value.get("entry")
         return [
             e["resource"]
-            for e in value.get("entry") or []
+            for e in (entries if isinstance(entries, list) else [])
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
             and isinstance(e["resource"].get("resourceType"), str)
         ]

@@ -33,8 +33,8 @@ class Finding:
         out = []
         for k in ("item", "a", "b"):
             v = self.data.get(k)
-            if isinstance(v, dict) and v.get("ref"):
-                out.append(v["ref"])
+            if isinstance(v, dict) and (v.get("ref") or v.get("key")):
+                out.append(v.get("ref") or v["key"])
         return out
 
 
@@ -98,11 +98,11 @@ def candidates(rule: CompiledRule, facts: dict[str, Any]) -> Iterator[tuple[Bind
                 for ri in lookup_codes(idx, _codes(x, p.key), p.key):
                     row = table.rows[ri]
                     for y in other:
-                        if y is x or (y.get("ref") and y.get("ref") == x.get("ref")) or _same_substance(x, y):
+                        if y is x or (y.get("key") and y.get("key") == x.get("key")) or _same_substance(x, y):
                             continue
                         if not _matches(y, row.get(other_col), p.key):
                             continue
-                        key = (ri, frozenset(filter(None, (x.get("ref") or str(id(x)), y.get("ref") or str(id(y))))))
+                        key = (ri, frozenset((x.get("key") or str(id(x)), y.get("key") or str(id(y)))))
                         if key in seen:
                             continue
                         seen.add(key)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date, datetime
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation, ROUND_FLOOR
 from typing import Any, Callable
 
 from cds.engine.knowledge import Table
@@ -56,14 +57,16 @@ def has_condition(conditions: Any, system: Any, prefixes: Any) -> bool:
 
 
 def _parse(v: Any) -> datetime | None:
+    """ISO date or date-time → aware UTC datetime (a date, or a time without offset, is UTC)."""
     if not isinstance(v, str):
         return None
     try:
         if len(v) == 10:
-            return datetime.combine(date.fromisoformat(v), datetime.min.time()).replace(tzinfo=None)
-        return datetime.fromisoformat(v.replace("Z", "+00:00")).replace(tzinfo=None)
+            return datetime.combine(date.fromisoformat(v), datetime.min.time(), tzinfo=timezone.utc)
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return dt.astimezone(timezone.utc) if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def days_between(a: Any, b: Any) -> float | None:
@@ -96,26 +99,41 @@ def latest(observations: Any, max_age_hours: Any = None) -> Any:
     return None
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def per_kg(amount: Any, kg: Any) -> float | None:
     a, w = _num(amount), _num(kg)
     if a is None or w is None or w <= 0:
         return None
-    return a / w
+    return _finite(a / w)
 
 
 def round_down(value: Any, step: Any) -> float | None:
-    """Largest multiple of ``step`` not above ``value`` (doses are never rounded up)."""
+    """Largest multiple of ``step`` not above ``value`` (doses are never rounded up). Exact
+    decimal arithmetic on the numbers as written: 0.3 with step 0.1 is 0.3, never 0.2 or 0.4."""
     v, s = _num(value), _num(step)
     if v is None or s is None or s <= 0:
         return None
-    return math.floor(v / s + 1e-9) * s
+    try:
+        dv, ds = Decimal(repr(v)), Decimal(repr(s))
+        result = (dv / ds).to_integral_value(rounding=ROUND_FLOOR) * ds
+    except (InvalidOperation, ArithmeticError):
+        return None
+    f = float(result)
+    if not math.isfinite(f):
+        return None
+    while f > v:  # float conversion must not round the result above the value
+        f = math.nextafter(f, -math.inf)
+    return f
 
 
 def ratio(a: Any, b: Any) -> float | None:
     x, y = _num(a), _num(b)
     if x is None or y is None or y == 0:
         return None
-    return x / y
+    return _finite(x / y)
 
 
 def band(table: Table | None, key: Any, value: Any) -> Any:
@@ -154,8 +172,8 @@ def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
                 args = json.loads(args_json)
                 if not isinstance(args, list):
                     args = [args]
-                return json.dumps(fn(*args))
-            except (TypeError, ValueError):
+                return json.dumps(fn(*args), allow_nan=False)
+            except (TypeError, ValueError, ArithmeticError):
                 return "null"
 
         return op

@@ -25,7 +25,7 @@ from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
 from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
 
 MED_FIELDS = {
-    "ref", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name",
+    "ref", "key", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name",
     "identified", "dose", "problems",
 }
 COND_FIELDS = {"icd10", "icpc2", "snomed", "display", "onset", "id"}
