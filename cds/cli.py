@@ -272,8 +272,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_import_fest(args: argparse.Namespace) -> int:
-    print("FEST import is not implemented yet (issue: drug–drug interaction pack)", file=sys.stderr)
-    return 2
+    from cds.knowledge.fest import FestError, import_fest
+
+    try:
+        summary = import_fest(Path(args.file), Path(args.out))
+    except FestError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
 
 
 # ------------------------------------------------------------------ main
@@ -325,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_audit)
 
     kn = sub.add_parser("knowledge", help="knowledge tables").add_subparsers(dest="kn_cmd", required=True)
-    s = kn.add_parser("import-fest", help="convert FEST's interaction catalogue (XML)")
+    s = kn.add_parser("import-fest", help="convert FEST's interaction catalogue (XML) into knowledge tables")
     s.add_argument("file")
+    s.add_argument("--out", default="knowledge/medication/fest", help="folder for the generated tables")
     s.set_defaults(fn=cmd_import_fest)
 
     args = ap.parse_args(argv)

@@ -108,6 +108,8 @@ def _explain_facts(facts: dict[str, Any]) -> dict[str, Any]:
             for k, v in facts["meds"].items()
         },
         "conditions": facts["conditions"],
+        "past_conditions": facts["past_conditions"],
+        "episodes": facts["episodes"],
         "obs": {k: v[:1] for k, v in facts["obs"].items()},
         "gaps": facts["gaps"],
     }

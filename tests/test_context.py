@@ -656,7 +656,7 @@ class TestFacts:
         f = self.full(builder).facts()
         text = json.dumps(f, allow_nan=False)
         assert json.loads(text) == f
-        assert set(f) == {"now", "hook", "patient", "meds", "conditions", "obs", "allergies", "encounter", "gaps"}
+        assert set(f) == {"now", "hook", "patient", "meds", "conditions", "past_conditions", "episodes", "procedures", "obs", "allergies", "encounter", "gaps"}
 
     def test_no_raw_resources(self, builder: ContextBuilder) -> None:
         f = self.full(builder).facts()
@@ -677,3 +677,37 @@ class TestFacts:
         a["gaps"].append("mutated")
         b = ctx.facts()
         assert b["meds"]["active"] and "mutated" not in b["gaps"]
+
+
+class TestHistoryEpisodesProcedures:
+    """Past conditions, episodes of care and procedures are kept apart from active conditions."""
+
+    def test_past_conditions_are_history_not_active(self, builder: ContextBuilder) -> None:
+        now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+        res = [
+            {"resourceType": "Condition", "id": "c1", "clinicalStatus": {"coding": [{"code": "resolved"}]},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "K25.0"}]}, "abatementDateTime": "2025-01-01"},
+            {"resourceType": "Condition", "id": "c2", "clinicalStatus": {"coding": [{"code": "active"}]},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]}},
+            {"resourceType": "Condition", "id": "c3", "clinicalStatus": {"coding": [{"code": "inactive"}]},
+             "verificationStatus": {"coding": [{"code": "refuted"}]},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I26.9"}]}},
+        ]
+        f = builder.build(hook="patient-view", context={"patientId": "p"}, resources=res, now=now).facts()
+        assert [c["icd10"] for c in f["conditions"]] == [["I10"]]
+        assert [(c["icd10"], c["status"]) for c in f["past_conditions"]] == [(["K25.0"], "resolved")]
+        assert f["past_conditions"][0]["abatement"].startswith("2025-01-01")
+
+    def test_episodes_and_procedures(self, builder: ContextBuilder) -> None:
+        now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+        res = [
+            {"resourceType": "EpisodeOfCare", "id": "e1", "status": "active", "period": {"start": "2026-11-10"},
+             "type": [{"coding": [{"system": "urn:test:npr", "code": "A37A", "display": "Thyroid pathway"}]}]},
+            {"resourceType": "EpisodeOfCare", "id": "e2", "status": "entered-in-error", "type": []},
+            {"resourceType": "Procedure", "id": "p1", "status": "completed", "performedDateTime": "2026-11-12T09:00:00Z",
+             "code": {"coding": [{"system": "urn:test:npr", "code": "A37S"}]}},
+            {"resourceType": "Procedure", "id": "p2", "status": "not-done", "code": {"coding": [{"system": "s", "code": "x"}]}},
+        ]
+        f = builder.build(hook="patient-view", context={"patientId": "p"}, resources=res, now=now).facts()
+        assert [(e["id"], e["codes"], e["start"][:10], e["display"]) for e in f["episodes"]] == [("e1", ["urn:test:npr|A37A"], "2026-11-10", "Thyroid pathway")]
+        assert [(p["id"], p["codes"]) for p in f["procedures"]] == [("p1", ["urn:test:npr|A37S"])]

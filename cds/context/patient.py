@@ -149,6 +149,9 @@ class PatientContext:
     allergies: list[dict[str, Any]]
     encounter: dict[str, Any] | None
     gaps: list[str]
+    past_conditions: list[dict[str, Any]] = field(default_factory=list)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    procedures: list[dict[str, Any]] = field(default_factory=list)
     weight: dict[str, Any] | None = None
     height: dict[str, Any] | None = None
 
@@ -205,6 +208,9 @@ class PatientContext:
                 "focus": [m.facts() for m in self.all_meds() if id(m) in focus_ids],
             },
             "conditions": self.conditions,
+            "past_conditions": self.past_conditions,
+            "episodes": self.episodes,
+            "procedures": self.procedures,
             "obs": {code: [o.facts(self.now) for o in lst] for code, lst in self.observations.items()},
             "allergies": self.allergies,
             "encounter": self.encounter,
@@ -329,6 +335,9 @@ class ContextBuilder:
             meds_active=meds_active,
             meds_draft=meds_draft,
             conditions=self._safe(self._conditions, unreadable, by_type.get("Condition", [])) or [],
+            past_conditions=self._safe(lambda rs: self._conditions(rs, past=True), unreadable, by_type.get("Condition", [])) or [],
+            episodes=self._safe(self._episodes, unreadable, by_type.get("EpisodeOfCare", [])) or [],
+            procedures=self._safe(self._procedures, unreadable, by_type.get("Procedure", [])) or [],
             observations=observations,
             allergies=self._safe(self._allergies, unreadable, by_type.get("AllergyIntolerance", [])) or [],
             encounter=self._safe(self._encounter, unreadable, by_type.get("Encounter", []), context.get("encounterId")),
@@ -483,16 +492,23 @@ class ContextBuilder:
     # ---------------------------------------------------------------- conditions, allergies, encounter
 
     @staticmethod
-    def _conditions(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _conditions(resources: list[dict[str, Any]], *, past: bool = False) -> list[dict[str, Any]]:
+        """Active conditions (a Condition without clinicalStatus counts as active), or with
+        ``past`` the resolved/inactive/remission ones (history: earlier VTE, GI bleeding …).
+        Refuted and entered-in-error conditions are never counted."""
         out = []
         for r in resources:
             clinical = [c.get("code") for c in _codings(r.get("clinicalStatus"))]
             verification = [c.get("code") for c in _codings(r.get("verificationStatus"))]
-            if clinical and not set(clinical) & {"active", "recurrence", "relapse"}:
+            is_active = not clinical or bool(set(clinical) & {"active", "recurrence", "relapse"})
+            if is_active == past:
                 continue
             if set(verification) & {"refuted", "entered-in-error"}:
                 continue
             item: dict[str, Any] = {"icd10": [], "icpc2": [], "snomed": [], "display": _text(r.get("code"))}
+            item["status"] = next((c for c in clinical if isinstance(c, str)), None)
+            abated = parse_time(r.get("abatementDateTime"))
+            item["abatement"] = abated.isoformat() if abated else None
             for c in _codings(r.get("code")):
                 kind = COND_SYSTEMS.get(c.get("system") or "")
                 if kind and isinstance(c.get("code"), str):
@@ -501,6 +517,41 @@ class ContextBuilder:
             item["onset"] = onset.isoformat() if onset else None
             item["id"] = _id(r)
             out.append(item)
+        return out
+
+    @staticmethod
+    def _episodes(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """EpisodeOfCare (e.g. a cancer patient pathway): type codes as "system|code", status,
+        period start/end."""
+        out = []
+        for r in resources:
+            if _s(r.get("status")) == "entered-in-error":
+                continue
+            period = r.get("period") if isinstance(r.get("period"), dict) else {}
+            start, end = parse_time(period.get("start")), parse_time(period.get("end"))
+            types = [t for t in r.get("type") or [] if isinstance(t, dict)]
+            codes = [f"{c.get('system')}|{c.get('code')}" for t in types for c in _codings(t) if isinstance(c.get("code"), str)]
+            out.append({
+                "id": _id(r), "status": _s(r.get("status")), "codes": codes,
+                "display": next((x for x in (_text(t) for t in types) if x), None),
+                "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
+            })
+        return out
+
+    @staticmethod
+    def _procedures(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Procedures (completed or in progress) as "system|code" with their time."""
+        out = []
+        for r in resources:
+            if _s(r.get("status")) in ("entered-in-error", "not-done"):
+                continue
+            period = r.get("performedPeriod") if isinstance(r.get("performedPeriod"), dict) else {}
+            when = parse_time(r.get("performedDateTime")) or parse_time(period.get("start"))
+            out.append({
+                "id": _id(r), "status": _s(r.get("status")),
+                "codes": [f"{c.get('system')}|{c.get('code')}" for c in _codings(r.get("code")) if isinstance(c.get("code"), str)],
+                "display": _text(r.get("code")), "time": when.isoformat() if when else None,
+            })
         return out
 
     @staticmethod

@@ -74,8 +74,8 @@ def _same_substance(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _collection(facts: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    if name == "conditions":
-        return list(facts.get("conditions") or [])
+    if name in ("conditions", "past_conditions", "episodes"):
+        return list(facts.get(name) or [])
     meds = facts.get("meds") or {}
     if name == "meds.all":
         return list(meds.get("active") or []) + list(meds.get("draft") or [])

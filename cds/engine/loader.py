@@ -28,8 +28,12 @@ MED_FIELDS = {
     "ref", "key", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name",
     "identified", "dose", "problems",
 }
-COND_FIELDS = {"icd10", "icpc2", "snomed", "display", "onset", "id"}
-FACT_ROOTS = {"now", "hook", "patient", "meds", "conditions", "obs", "allergies", "encounter", "gaps"}
+COND_FIELDS = {"icd10", "icpc2", "snomed", "display", "onset", "id", "status", "abatement"}
+EPISODE_FIELDS = {"id", "status", "codes", "display", "start", "end"}
+FACT_ROOTS = {
+    "now", "hook", "patient", "meds", "conditions", "past_conditions", "episodes", "procedures", "obs",
+    "allergies", "encounter", "gaps",
+}
 SEVERITIES = {"info", "warning", "critical", "none"}
 SUMMARY_MAX = 139
 NUMBER_WIDTH = 12
@@ -317,7 +321,7 @@ def _compile_rule(
     pair_a: dict[str, list[int]] = {}
     pair_b: dict[str, list[int]] = {}
     if rule.for_each:
-        bindings["item"] = COND_FIELDS if rule.for_each == "conditions" else MED_FIELDS
+        bindings["item"] = {"conditions": COND_FIELDS, "past_conditions": COND_FIELDS, "episodes": EPISODE_FIELDS}.get(rule.for_each, MED_FIELDS)
     broken = False  # the rule depends on something already reported as broken: report nothing more
     if rule.table:
         t = tables.get(rule.table.table)

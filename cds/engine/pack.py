@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cds.hooks.models import HOOKS
 
 SEMVER = r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$"
-Collection = Literal["meds.focus", "meds.draft", "meds.active", "meds.all", "conditions"]
+Collection = Literal["meds.focus", "meds.draft", "meds.active", "meds.all", "conditions", "past_conditions", "episodes"]
 Severity = Literal["info", "warning", "critical", "none"]
 
 

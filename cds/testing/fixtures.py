@@ -199,6 +199,8 @@ def condition(spec: dict[str, Any], *, patient_id: str, idx: int, now: datetime)
     }
     if spec.get("onset"):
         res["onsetDateTime"] = _iso(parse_when(spec["onset"], now))
+    if spec.get("abatement"):
+        res["abatementDateTime"] = _iso(parse_when(spec["abatement"], now))
     return res
 
 
@@ -235,6 +237,23 @@ def patient_resources(p: dict[str, Any], now: datetime, base_dir: Path | None = 
         out.append(condition(c, patient_id=pid, idx=i + 1, now=now))
     for i, o in enumerate(p.get("observations") or []):
         out.append(observation(o, patient_id=pid, idx=i + 1, now=now))
+    for i, e in enumerate(p.get("episodes") or []):
+        ep: dict[str, Any] = {
+            "resourceType": "EpisodeOfCare", "id": str(e.get("id", f"episode-{i + 1}")), "status": e.get("status", "active"),
+            "type": [{"coding": [{"system": e["system"], "code": str(e["code"]), **({"display": e["display"]} if e.get("display") else {})}]}],
+            "patient": {"reference": f"Patient/{pid}"},
+            "period": {"start": _iso(parse_when(e.get("start", "-1d"), now))},
+        }
+        if e.get("end"):
+            ep["period"]["end"] = _iso(parse_when(e["end"], now))
+        out.append(ep)
+    for i, pr in enumerate(p.get("procedures") or []):
+        out.append({
+            "resourceType": "Procedure", "id": str(pr.get("id", f"procedure-{i + 1}")), "status": pr.get("status", "completed"),
+            "code": {"coding": [{"system": pr["system"], "code": str(pr["code"])}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "performedDateTime": _iso(parse_when(pr.get("at", "-1d"), now)),
+        })
     for r in p.get("resources") or []:
         out.append(r)
     if p.get("fixture_file"):

@@ -1,0 +1,1 @@
+"""Importers that turn external clinical sources into knowledge tables."""
