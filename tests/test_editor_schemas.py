@@ -184,6 +184,7 @@ _SVC = {"id": "svc", "hook": "order-sign", "description": "x", "packs": [{"id": 
         ({}, True),
         ({"prefetch": {"p": "Patient/{{context.patientId}}", "u": {"template": "Practitioner/{{userPractitionerId}}", "required": False}}}, True),
         ({"prefetch": {"m": "MedicationRequest?patient={{context.patientId}}&x={{context.draftOrders}}"}}, False),
+        ({"prefetch": {"p": "Patient/{{context.patientId}}}}"}}, False),  # unbalanced braces
         ({"hooks": ["order-sign"]}, False),  # hook and hooks together
         ({"packs": []}, False),
         ({"locale": "de"}, False),
@@ -223,6 +224,9 @@ def _tests(case: dict[str, Any], **top: Any) -> dict[str, Any]:
         (_tests({"matrix": {"w": [10, 20]}, "patient": {"weight": "${w}"}}), True),
         (_tests({"matrix": {"s": ["info"]}, "expect": {"cards": [{"rule": "r", "indicator": "${s}"}]}}), False),  # checked before substitution
         (_tests({"orders": [{"atc": "M01AE01", "route": "oral", "dose": "400 mg", "frequency": "3/d"}]}), True),
+        (_tests({"patient": {"episodes": [{"system": "urn:x", "code": "C1", "start": "-30d"}], "procedures+": [{"system": "urn:y", "code": 42}]}}), True),
+        (_tests({"patient": {"episodes": [{"code": "C1"}]}}), False),  # an episode needs its code system
+        (_tests({"patient": {"conditions": [{"icd10": "I26", "status": "resolved", "abatement": "-1y"}]}}), True),
         (_tests({"expect": {"cards": [{"rule": "r", "indicator": "severe"}]}}), False),
         (_tests({"name": None}), False),
         ({"cases": []}, False),
@@ -249,7 +253,8 @@ def test_terse_keys_are_keys_the_runner_reads() -> None:
         elif isinstance(node, ast.Dict):  # e.g. COND: the condition code systems, read as `k in spec`
             read.update(k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
     defs = _schemas()["tests.schema.json"]["$defs"]
-    for name in ("TersePatient", "TerseMedication", "TerseCondition", "TerseObservation", "WeightKg", "WeightQuantity", "HeightCm", "DoseQuantity", "DoseRange"):
+    terse = ("TersePatient", "TerseMedication", "TerseCondition", "TerseObservation", "TerseEpisode", "TerseProcedure", "WeightKg", "WeightQuantity", "HeightCm", "DoseQuantity", "DoseRange")
+    for name in terse:
         keys = {k.rstrip("+") for k in defs[name]["properties"]}
         assert keys <= read, f"{name}: {sorted(keys - read)} are not read by cds/testing/fixtures.py"
     # the encounter is read in cds/testing/cases.py

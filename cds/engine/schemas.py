@@ -10,8 +10,9 @@ reads from plain dicts, see :mod:`cds.testing.fixtures`).
 
 The schemas help an editor; ``cds packs validate`` stays the authority. Where a schema is
 stricter than the loader it flags something the engine would silently ignore (an unknown key in
-a terse test patient, in an update ``patch``) or that would fail when a card is rendered (an
-``app_context`` on a non-SMART link, an action resource without ``resourceType``).
+a terse test patient, in an update ``patch``) or that goes wrong only when a card is rendered (an
+``app_context`` on a non-SMART link fails; a suggestion whose resource has no ``resourceType`` is
+dropped).
 
 Regenerate the committed copies with ``python -m cds.engine.schemas`` (writes ``docs/schemas/``);
 ``tests/test_editor_schemas.py`` fails when they are out of date. See docs/authoring.md
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from cds.context.dosage import TIMING_CODES
 from cds.engine.functions import FUNCTIONS
 from cds.engine.knowledge import TableMeta
 from cds.engine.loader import SEVERITIES
@@ -39,7 +41,6 @@ from cds.engine.pack import CardsFile, Manifest, RulesFile
 from cds.hooks.models import HOOKS
 from cds.hooks.services import TOKEN_FIELDS, USER_TOKENS, ServiceDefinition
 from cds.testing.cases import CaseDef, TestFile
-from cds.context.dosage import TIMING_CODES
 from cds.testing.fixtures import ROUTES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -127,6 +128,33 @@ class TerseCondition(_T):
         default="confirmed", description="Verification status; refuted and entered-in-error conditions are ignored"
     )
     onset: str = Field(default=None, description=f"onsetDateTime: {_WHEN}")
+    abatement: str = Field(default=None, description=f"abatementDateTime (when it ended): {_WHEN}")
+
+
+class TerseEpisode(_T):
+    """An episode of care (EpisodeOfCare), e.g. a cancer patient pathway (pakkeforløp)."""
+
+    system: str = Field(description="Code system of the episode type")
+    code: _ID = Field(description="Episode type code")
+    display: str = Field(default=None, description="Display text of the code")
+    id: _ID = Field(default=None, description="Resource id (default episode-1, episode-2 …)")
+    status: Literal["planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"] = Field(
+        default="active", description="EpisodeOfCare.status; entered-in-error episodes are ignored"
+    )
+    start: str = Field(default=None, description=f"period.start: {_WHEN} (default -1d)")
+    end: str = Field(default=None, description=f"period.end: {_WHEN}")
+
+
+class TerseProcedure(_T):
+    """A procedure (Procedure)."""
+
+    system: str = Field(description="Code system of the procedure code")
+    code: _ID = Field(description="Procedure code")
+    id: _ID = Field(default=None, description="Resource id (default procedure-1, procedure-2 …)")
+    status: Literal["preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"] = Field(
+        default="completed", description="Procedure.status; not-done and entered-in-error procedures are ignored"
+    )
+    at: str = Field(default=None, description=f"performedDateTime: {_WHEN} (default -1d)")
 
 
 class TerseObservation(_T):
@@ -185,8 +213,10 @@ class TersePatient(_T):
     height: float | HeightCm = Field(default=None, description="Body height (LOINC 8302-2): 110 (cm) or {cm: 110, date: -30d}")
     gestationalAgeWeeks: float = Field(default=None, description="Gestational age at birth in weeks (LOINC 76516-4)")
     medications: list[TerseMedication] = Field(default=None, description="Active medications")
-    conditions: list[TerseCondition] = Field(default=None, description="Conditions (problem list)")
+    conditions: list[TerseCondition] = Field(default=None, description="Conditions (problem list), current and past")
     observations: list[TerseObservation] = Field(default=None, description="Observations (LOINC)")
+    episodes: list[TerseEpisode] = Field(default=None, description="Episodes of care")
+    procedures: list[TerseProcedure] = Field(default=None, description="Procedures")
     resources: list[FhirResource] = Field(default=None, description="Extra FHIR resources, as JSON, sent unchanged")
     fixture_file: str = Field(default=None, description="A FHIR resource or Bundle (JSON) to add, relative to the test file's folder")
 
@@ -279,7 +309,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "title": "What the rule checks (nb and en).",
         "description": "Longer explanation for reviewers (nb and en).",
         "hooks": "Hooks the rule runs for.",
-        "for_each": "Evaluate once per item of this collection; the item is `item`. meds.focus = the medications the hook is about.",
+        "for_each": "Evaluate once per item of this collection; the item is `item`. meds.focus = the medications the hook is about; conditions = active ones, past_conditions = resolved/inactive ones; episodes = episodes of care.",
         "table": "Join each item with the knowledge-table rows that match its codes; the row is `row`.",
         "pair": "Interaction shape: a focus medication and another medication matching the two columns of one row (`a`, `b`, `row`).",
         "let": "Named intermediate values (JSON Logic), computed in order; read them as let.<name>.",
@@ -511,10 +541,6 @@ def _field_docstrings(cls: type[BaseModel]) -> dict[str, str]:
     return docs
 
 
-def _props(node: dict[str, Any]) -> dict[str, Any]:
-    return node.setdefault("properties", {})
-
-
 def _describe(schema: dict[str, Any], root: type[BaseModel]) -> None:
     """Drop pydantic's auto titles on properties; add descriptions (docstrings, then DESCRIPTIONS)."""
     models = _models(root)
@@ -559,10 +585,6 @@ def _json_logic_defs() -> dict[str, Any]:
             ],
         },
     }
-
-
-def _is_null_or(types: str) -> dict[str, Any]:
-    return {"anyOf": [{"type": "null"}, {"type": types}]}
 
 
 def _patch_rules(s: dict[str, Any]) -> None:
@@ -673,7 +695,7 @@ def _token_pattern() -> str:
     fields = sorted({f for fs in TOKEN_FIELDS.values() for f in fs})
     toks = [r"context\." + f for f in fields] + list(USER_TOKENS)
     tok = r"\{\{\s*(?:" + "|".join(toks) + r")\s*\}\}"
-    return r"^(?:[^{]|\{(?!\{)|" + tok + r")*$"
+    return r"^(?:[^{}]|\{(?!\{)|\}(?!\})|" + tok + r")*$"
 
 
 def _patch_service(s: dict[str, Any]) -> None:
@@ -736,7 +758,7 @@ def _patch_tests(s: dict[str, Any]) -> None:
         _drop_null_defaults(d[n])
     # key+ appends to the fixture's list instead of replacing it
     tp = d["TersePatient"]["properties"]
-    for key in ("medications", "conditions", "observations", "resources"):
+    for key in [k for k, v in tp.items() if v.get("type") == "array"]:
         tp[f"{key}+"] = {**copy.deepcopy(tp[key]), "description": f"Append to the fixture's {key} (instead of replacing them)."}
     d["TerseCondition"]["anyOf"] = [{"required": ["icd10"]}, {"required": ["icpc2"]}, {"required": ["snomed"]}]
     d["TerseObservation"]["anyOf"] = [{"required": ["loinc"]}, {"required": ["code"]}]
