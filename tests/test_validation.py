@@ -644,3 +644,73 @@ def test_cli_packs_diff_unknown_version(repo: Repo) -> None:
     r = repo.cli("packs", "diff", "demo.showcase@1.0.0", "demo.showcase@9.9.9")
     assert r.returncode == 2
     assert "no pack 'demo.showcase@9.9.9'" in r.stderr and "demo.showcase@1.1.0" in r.stderr
+
+
+# ---------------------------------------------------------------- deeper checks (names, filters, tables)
+
+
+@pytest.mark.parametrize(
+    "old,new,needle,fragment",
+    [
+        ("{per_kg: [{var: item.dose.mg}", "{per_kg: [{var: item.dose.mgg}", "{var: item.dose.mgg}", "item.dose has no field 'mgg'"),
+        ("{var: patient.weight.kg}]}, {var: row.max_single_mg}", "{var: patient.wieght.kg}]}, {var: row.max_single_mg}", "{var: patient.wieght.kg}", "patient has no field 'wieght'"),
+    ],
+    ids=["dose-field", "patient-field"],
+)
+def test_nested_names_are_checked(repo: Repo, old: str, new: str, needle: str, fragment: str) -> None:
+    repo.replace(RULES, old, new)
+    errors = rejected(repo)
+    p = problem_at(repo, errors, RULES, *repo.find(RULES, needle))
+    says(p, fragment)
+
+
+def test_unknown_filter_in_a_card(repo: Repo) -> None:
+    repo.replace(CARDS, "{{ let.mg_per_kg | round2 }} mg/kg (weight", "{{ let.mg_per_kg | round22 }} mg/kg (weight")
+    errors = rejected(repo)
+    [p] = causes(repo, errors)
+    says(p, "unknown filter 'round22'")
+    assert p.file == str(repo.path(CARDS)) and p.line == repo.find(CARDS, "round22")[0]
+
+
+def test_band_reading_an_undeclared_table(repo: Repo) -> None:
+    repo.replace(RULES, "suggested_mg: {round_down: [{var: let.limit_mg}, 10]}", 'suggested_mg: {band: ["demo/no-such-table", "x", 1]}')
+    errors = rejected(repo)
+    [p] = causes(repo, errors)
+    says(p, "band: table 'demo/no-such-table' is not declared")
+    assert p.line == repo.find(RULES, "demo/no-such-table")[0]
+
+
+def test_conditions_join_needs_the_code_key(repo: Repo) -> None:
+    repo.replace(RULES, "    for_each: meds.focus\n    table: {table: demo/ibuprofen-doses, column: atc}\n    let:",
+                 "    for_each: conditions\n    table: {table: demo/ibuprofen-doses, column: atc}\n    let:")
+    errors = rejected(repo)
+    assert any("set table.key to 'code'" in p.message for p in causes(repo, errors)), listing(errors, repo.root)
+
+
+def test_app_context_on_an_absolute_link(repo: Repo) -> None:
+    repo.replace(CARDS, "        url: https://pmc.ncbi.nlm.nih.gov/articles/PMC3422823/\n",
+                 "        url: https://pmc.ncbi.nlm.nih.gov/articles/PMC3422823/\n        app_context: x\n")
+    errors = rejected(repo)
+    assert any("app_context is only allowed on smart links" in p.message for p in causes(repo, errors)), listing(errors, repo.root)
+
+
+def test_an_infinite_decimal_is_rejected(repo: Repo) -> None:
+    line = _append_row(repo, max_single_mg="1e400")
+    errors = rejected(repo)
+    assert any(p.file == str(repo.path(DOSES)) and p.line == line and "not a finite number" in p.message for p in errors), listing(errors, repo.root)
+
+
+def test_a_case_outside_the_pack_s_life_fails_instead_of_passing_vacuously(repo: Repo) -> None:
+    from cds.testing.cases import load_cases, run_case
+
+    tests = repo.path(f"{PACK}/tests/outside.yaml")
+    tests.write_text(
+        "hook: order-sign\nnow: 2025-06-01T12:00:00Z\ncases:\n  - name: before the pack took effect\n"
+        "    patient: {age: 40y}\n    orders: [{id: x, atc: M01AE01}]\n    expect: {cards: []}\n",
+        encoding="utf-8",
+    )
+    rs, _ = repo.load()
+    pack = rs.packs["demo.showcase"]["1.1.0"]
+    [case], _ = load_cases(tests)
+    r = run_case(rs, pack, case)
+    assert not r.passed and "not in force" in r.failures[0]

@@ -397,7 +397,8 @@ class ContextBuilder:
                 problems.append("identified from its name only (no known code)")
             else:
                 problems.append("medication could not be identified (no known code, name not recognised)")
-        dose = parse_dosage(r.get("dosageInstruction"), strength_mg_per_ml=self._strength(med_res))
+        dosage = r.get("dosageInstruction") if r.get("resourceType") == "MedicationRequest" else r.get("dosage")
+        dose = parse_dosage(dosage, strength_mg_per_ml=self._strength(med_res))
         ref = f"{r['resourceType']}/{_id(r)}" if _id(r) else None
         return MedFact(ref, r["resourceType"], _s(r.get("status")), origin, selected, display, ingredients, dose, r, problems)
 

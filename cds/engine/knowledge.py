@@ -88,9 +88,10 @@ def _convert(raw: str, col: Column) -> Any:
             d = Decimal(raw.replace(",", "."))
         except InvalidOperation as e:
             raise ValueError(f"{raw!r} is not a number") from e
-        if not d.is_finite():
+        f = float(d) if d.is_finite() else float("inf")
+        if f in (float("inf"), float("-inf")):
             raise ValueError(f"{raw!r} is not a finite number")
-        return float(d)
+        return f
     if t == "bool":
         low = raw.lower()
         if low in ("true", "yes", "ja", "1"):

@@ -18,18 +18,33 @@ from typing import Any, Iterator
 
 import datalogic_py as dl
 
-from cds.cards.templates import SUMMARY_TEXT, literal_length, placeholders
+from cds.cards.templates import FILTERS, SUMMARY_TEXT, literal_length, placeholders
 from cds.engine.functions import ARITY, ATC_LEVELS, operators
 from cds.engine.knowledge import KnowledgeCache, Table
 from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
 from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
 
-MED_FIELDS = {
-    "ref", "key", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name",
-    "identified", "dose", "problems",
+# The shape of what rules can read: a dict maps names to their shapes; None = any value (a
+# leaf, a list, or a map keyed by codes). Paths are checked at load, so `item.dose.mgg` or
+# `patient.wieght` are errors instead of silent nulls.
+Shape = dict[str, Any] | None
+DOSE_SHAPE: Shape = {k: None for k in ("value", "unit", "mg", "mg_low", "per_day", "daily_mg", "max_daily_mg", "route", "as_needed", "problems")}
+MED_FIELDS: Shape = {
+    **{k: None for k in ("ref", "key", "status", "origin", "selected", "display", "name", "atc", "rxnorm", "via", "by_name", "identified", "problems")},
+    "dose": DOSE_SHAPE,
 }
-COND_FIELDS = {"icd10", "icpc2", "snomed", "display", "onset", "id", "status", "abatement"}
-EPISODE_FIELDS = {"id", "status", "codes", "display", "start", "end"}
+COND_FIELDS: Shape = {k: None for k in ("icd10", "icpc2", "snomed", "display", "onset", "id", "status", "abatement")}
+EPISODE_FIELDS: Shape = {k: None for k in ("id", "status", "codes", "display", "start", "end")}
+PATIENT_SHAPE: Shape = {
+    **{k: None for k in ("id", "sex", "birth_date", "age_days", "age_years", "age_months", "gestational_age_weeks", "postmenstrual_age_weeks")},
+    "weight": {"kg": None, "date": None, "age_days": None},
+    "height": {"cm": None, "date": None, "age_days": None},
+}
+ROOT_SHAPES: dict[str, Shape] = {
+    "patient": PATIENT_SHAPE,
+    "meds": {"active": None, "draft": None, "focus": None},
+    "encounter": {"id": None, "status": None, "class": None, "start": None},
+}
 FACT_ROOTS = {
     "now", "hook", "patient", "meds", "conditions", "past_conditions", "episodes", "procedures", "obs",
     "allergies", "encounter", "gaps",
@@ -277,6 +292,18 @@ def _arity_problems(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tupl
             yield from _arity_problems(a, loc + (i,))
 
 
+def _band_tables(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if isinstance(expr, dict):
+        for op, args in expr.items():
+            if op == "band" and isinstance(args, list) and args and not isinstance(args[0], (dict, list)):
+                yield loc + (op, 0), args[0]
+            for i, a in enumerate(args if isinstance(args, list) else [args]):
+                yield from _band_tables(a, loc + ((op, i) if isinstance(args, list) else (op,)))
+    elif isinstance(expr, list):
+        for i, a in enumerate(expr):
+            yield from _band_tables(a, loc + (i,))
+
+
 def _check_logic(engine: dl.Engine, logic: Any, doc: Located, loc: list[Any]) -> list[Problem]:
     if isinstance(logic, (bool, int, float, str)) or logic is None:
         return []
@@ -314,8 +341,8 @@ def _compile_rule(
     problems: list[Problem] = []
 
     # bindings this rule provides, and what each exposes
-    bindings: dict[str, set[str] | None] = {r: None for r in FACT_ROOTS}
-    bindings["let"] = set(rule.let)
+    bindings: dict[str, Shape] = {r: ROOT_SHAPES.get(r) for r in FACT_ROOTS}
+    bindings["let"] = {k: None for k in rule.let}
     used_tables: list[Table] = []
     join: dict[str, list[int]] = {}
     pair_a: dict[str, list[int]] = {}
@@ -334,7 +361,7 @@ def _compile_rule(
             problems.append(doc.problem(loc + ["table", "column"], f"table {t.id!r} has no column {rule.table.column!r}"))
         else:
             used_tables.append(t)
-            bindings["row"] = set(t.meta.columns)
+            bindings["row"] = {c: None for c in t.meta.columns}
             join = index_codes(t.rows, rule.table.column)
     if rule.pair:
         t = tables.get(rule.pair.table)
@@ -350,7 +377,7 @@ def _compile_rule(
                     problems.append(doc.problem(loc + ["pair", side], f"table {t.id!r} has no column {col!r}"))
             if not problems:
                 used_tables.append(t)
-                bindings["row"] = set(t.meta.columns)
+                bindings["row"] = {c: None for c in t.meta.columns}
                 bindings["a"] = MED_FIELDS
                 bindings["b"] = MED_FIELDS
                 pair_a = index_codes(t.rows, rule.pair.a)
@@ -371,6 +398,9 @@ def _compile_rule(
         if not isinstance(expr, str):
             for path, at in iter_vars(expr):
                 _check_path(path, bindings, doc, where + list(at), problems)
+            for at, tid in _band_tables(expr):
+                if tid not in tables:
+                    problems.append(doc.problem(where + list(at), f"band: table {tid!r} is not declared in pack.yaml knowledge"))
         return r
 
     lets: list[tuple[str, dl.Rule]] = []
@@ -423,7 +453,7 @@ def _compile_rule(
     )
 
 
-def _check_path(path: list[str], bindings: dict[str, set[str] | None], doc: Located, where: list[Any], problems: list[Problem]) -> None:
+def _check_path(path: list[str], bindings: dict[str, Shape], doc: Located, where: list[Any], problems: list[Problem]) -> None:
     if not path:
         return
     root = path[0]
@@ -431,9 +461,15 @@ def _check_path(path: list[str], bindings: dict[str, set[str] | None], doc: Loca
         avail = ", ".join(sorted(bindings))
         problems.append(doc.problem(where, f"{'.'.join(path)!r}: unknown name {root!r} here (available: {avail})"))
         return
-    fields = bindings[root]
-    if fields is not None and len(path) > 1 and path[1] not in fields:
-        problems.append(doc.problem(where, f"{'.'.join(path)!r}: {root} has no field {path[1]!r} (has: {', '.join(sorted(fields))})"))
+    shape = bindings[root]
+    for i, part in enumerate(path[1:], start=1):
+        if shape is None:
+            return
+        if part not in shape:
+            owner = ".".join(path[:i])
+            problems.append(doc.problem(where, f"{'.'.join(path)!r}: {owner} has no field {part!r} (has: {', '.join(sorted(shape))})"))
+            return
+        shape = shape[part]
 
 
 def _strings(v: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -452,13 +488,15 @@ def _card_placeholders(card: CardTpl) -> list[tuple[str, str | None]]:
 
 
 def _check_card(
-    rule: RuleDef, card: CardTpl, bindings: dict[str, set[str] | None], tables: list[Table], doc: Located
+    rule: RuleDef, card: CardTpl, bindings: dict[str, Shape], tables: list[Table], doc: Located
 ) -> list[Problem]:
     problems: list[Problem] = []
     cloc: list[Any] = ["cards", rule.card]
     for at, text in _strings(card.model_dump(mode="json", exclude={"override_reasons"}, exclude_defaults=True)):
-        for path, _flt in placeholders(text):
+        for path, flt in placeholders(text):
             _check_path(path.split("."), bindings, doc, cloc + list(at), problems)
+            if flt is not None and flt not in FILTERS:
+                problems.append(doc.problem(cloc + list(at), f"unknown filter {flt!r} in {{{{ {path} | {flt} }}}} (filters: {', '.join(sorted(FILTERS))})"))
     for p in problems:
         object.__setattr__(p, "message", f"{p.message} (card used by rule {rule.id!r})")
     # worst-case summary length per locale

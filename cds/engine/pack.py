@@ -113,6 +113,12 @@ class RuleDef(_M):
             raise ValueError("a pair rule cannot also have for_each or table")
         if self.table and not self.for_each:
             raise ValueError("a table join needs for_each (the items whose codes are looked up)")
+        if self.table and self.for_each in ("conditions", "past_conditions") and self.table.key != "code":
+            raise ValueError("a table join over conditions looks up condition codes: set table.key to 'code'")
+        if self.table and self.for_each == "episodes":
+            raise ValueError("episodes cannot be table-joined; read episode codes in `when` instead")
+        if self.table and self.for_each and self.for_each.startswith("meds") and self.table.key == "code":
+            raise ValueError("a table join over medications looks up 'atc' or 'rxnorm' codes, not 'code'")
         return self
 
 
@@ -158,6 +164,12 @@ class LinkTpl(_M):
     url: str
     type: Literal["absolute", "smart"] = "absolute"
     app_context: str | None = None
+
+    @model_validator(mode="after")
+    def _resp3(self) -> LinkTpl:
+        if self.app_context is not None and self.type != "smart":
+            raise ValueError("app_context is only allowed on smart links (CDS Hooks cds-resp-3)")
+        return self
 
 
 class CardTpl(_M):

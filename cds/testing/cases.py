@@ -262,6 +262,12 @@ def build_call(case: Case) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def run_case(ruleset: RuleSet, pack: LoadedPack, case: Case) -> CaseResult:
     t0 = time.perf_counter()
     failures: list[str] = []
+    pin = service_for(pack).packs[0]
+    if ruleset.resolve(pin, case.now) is not pack:
+        m = pack.manifest
+        return CaseResult(pack.key, case, False, [
+            f"{pack.key} is not in force at now={case.now.isoformat()} (status {m.status}, effective "
+            f"{m.effective.start}..{m.effective.end or ''}): the case would test nothing"], time.perf_counter() - t0)
     try:
         context, resources = build_call(case)
         ctx_model = CONTEXT_MODELS[case.hook].model_validate(context)
