@@ -218,6 +218,8 @@ def _reads(rule: CompiledRule, data: dict[str, Any]) -> dict[str, Any]:
     exprs = [rule.when, rule.severity, *(r for _, r in rule.lets)]
     for e in exprs:
         for path in e.facts()["reads"]:
+            if path and path[0] == "let":
+                continue  # shown with the let values
             node: Any = data
             for part in path:
                 if isinstance(node, dict):

@@ -15,6 +15,7 @@ import uvicorn
 
 from cds.api.app import create_app
 from cds.api.auth import AuthSettings, TrustedClient
+from cds.hooks.conformance import check_discovery, check_response
 from cds.settings import AuditSettings, FhirSettings, Settings
 from tests.support.jwt_keys import es384_key, jwks, make_token
 
@@ -88,12 +89,28 @@ class LiveService:
         h = dict(headers or {})
         if auth:
             h["Authorization"] = f"Bearer {self.token(path)}"
-        return self.http.get(self.base_url + path, headers=h)
+        return _checked(path, self.http.get(self.base_url + path, headers=h))
 
     def post(self, path: str, body: Any = None, *, content: bytes | None = None, auth: bool = True, headers: dict[str, str] | None = None) -> httpx.Response:
         h = {"Content-Type": "application/json", **(headers or {})}
         if auth:
             h["Authorization"] = f"Bearer {self.token(path)}"
         if content is not None:
-            return self.http.post(self.base_url + path, content=content, headers=h)
-        return self.http.post(self.base_url + path, json=body, headers=h)
+            return _checked(path, self.http.post(self.base_url + path, content=content, headers=h))
+        return _checked(path, self.http.post(self.base_url + path, json=body, headers=h))
+
+
+def _checked(path: str, r: httpx.Response) -> httpx.Response:
+    """Every response the suite receives is checked against the CDS Hooks 2.0.1 schema and
+    invariants (cards, discovery) or the error contract (OperationOutcome, bare 401)."""
+    if r.status_code == 200 and path == "/cds-services":
+        problems = check_discovery(r.json())
+        assert not problems, problems
+    elif r.status_code == 200 and path.startswith("/cds-services/") and not path.endswith("/feedback"):
+        problems = check_response(r.json())
+        assert not problems, problems
+    elif r.status_code == 401:
+        assert r.content == b"", "401 must be bare"
+    elif r.status_code >= 400 and path.startswith("/cds-services"):
+        assert r.json()["resourceType"] == "OperationOutcome", r.text
+    return r
