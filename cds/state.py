@@ -73,6 +73,7 @@ class AppState:
             follow_redirects=False,
         )
         self.audit: AuditStore = audit or SQLiteAuditStore(settings.audit.path)
+        settings.audit.path.parent.mkdir(parents=True, exist_ok=True)
         replay: ReplayCache
         if workers > 1:
             replay = SQLiteReplayCache(Path(str(settings.audit.path) + ".jti"))
