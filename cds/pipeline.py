@@ -44,6 +44,9 @@ def evaluate(
     explain: bool = False,
     gaps: list[str] | None = None,
 ) -> Evaluation:
+    resources = list(resources)
+    drafts = context.get("draftOrders") if isinstance(context.get("draftOrders"), dict) else {}
+    visible = resources + [e["resource"] for e in drafts.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
     ctx = ruleset.builder.build(hook=hook, context=context, resources=resources, now=now, gaps=gaps)
     facts = ctx.facts()
     findings: list[Finding] = []
@@ -58,7 +61,7 @@ def evaluate(
             skipped.append({"id": pin.id, "version": pin.version, "reason": "no active, effective version at this time"})
             continue
         packs.append((pack, pin.shadow))
-        fs, ts = evaluate_pack(pack, facts, hook, shadow=pin.shadow, explain=explain, errors=errors)
+        fs, ts = evaluate_pack(pack, facts, hook, shadow=pin.shadow, explain=explain, errors=errors, resources=visible)
         (shadow_findings if pin.shadow else findings).extend(fs)
         traces.extend(ts)
 

@@ -197,3 +197,46 @@ def test_shadow_pack_is_evaluated_but_not_returned(root: Path) -> None:
     shadow = {(f.pack.version, f.rule.id) for _, f in ev.shadow_cards}
     assert shadow == {("1.1.0", "interaction"), ("1.1.0", "ibuprofen-dose-above-range")}
     assert [p["version"] for p in body["extension"]["org.cdsrules.evaluation"]["packs"]] == ["1.0.0"]
+
+
+def test_fhirpath_extract_reads_choice_types_with_the_r4_model(root: Path) -> None:
+    pack = root / PACK / "pack.yaml"
+    pack.write_text(pack.read_text() + """extract:
+  spo2:
+    resource: Observation
+    path: "Observation.where(code.coding.code = '59408-5').value.ofType(Quantity).value"
+""", encoding="utf-8")
+    rules = root / PACK / "rules.yaml"
+    rules.write_text(rules.read_text() + """
+  - id: low-spo2-probe
+    title: {nb: Probe, en: Probe}
+    hooks: [patient-view]
+    when: {"<": [{min: {var: extract.spo2}}, 92]}
+    severity: info
+    card: probe
+""", encoding="utf-8")
+    cards = root / PACK / "cards.yaml"
+    cards.write_text(cards.read_text() + """  probe:
+    summary: {nb: "Lav SpO2", en: "Low SpO2"}
+    source: {label: test}
+""", encoding="utf-8")
+    rs, problems = load_ruleset(root / "hooks", root / "rules", root / "knowledge")
+    assert rs is not None, problems
+    svc = ServiceDefinition(id="x", hooks=["patient-view"], description="d", packs=[PackPin(id="demo.showcase", version="1.1.0")])
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    res = patient_resources({"id": "p1", "age": "50y", "observations": [{"loinc": "59408-5", "value": 90, "unit": "%"}, {"loinc": "59408-5", "value": 97, "unit": "%", "at": "-3h"}]}, now)
+    ev = evaluate(rs, svc, hook="patient-view", context={"userId": "Practitioner/u", "patientId": "p1"}, resources=res, now=now, locale="en", explain=True)
+    fired = [f.rule.id for _, f in ev.cards]
+    assert fired == ["low-spo2-probe"]
+    reads = {t.rule: t for t in ev.traces}["low-spo2-probe"].evaluations[0]["reads"]
+    assert sorted(reads["extract.spo2"]) == [90.0, 97.0]
+
+
+def test_fhirpath_extract_syntax_error_is_reported_at_its_line(root: Path) -> None:
+    pack = root / PACK / "pack.yaml"
+    pack.write_text(pack.read_text() + 'extract:\n  broken:\n    resource: Observation\n    path: "Observation.where("\n', encoding="utf-8")
+    rs, problems = load_ruleset(root / "hooks", root / "rules", root / "knowledge")
+    assert rs is None
+    [p] = [p for p in problems if p.file.endswith("pack.yaml")]
+    lines = pack.read_text().splitlines()
+    assert lines[p.line - 1].strip().startswith("path:") and "FHIRPath" in p.message

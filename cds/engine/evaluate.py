@@ -163,9 +163,12 @@ def evaluate_pack(
     shadow: bool = False,
     explain: bool = False,
     errors: list[RuleError] | None = None,
+    resources: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Finding], list[RuleTrace]]:
     findings: list[Finding] = []
     traces: list[RuleTrace] = []
+    if pack.extracts:
+        facts = {**facts, "extract": extract_values(pack, resources or [])}
     truthy = pack.engine.truthy
     for rule in pack.rules:
         if hook not in rule.defn.hooks:
@@ -210,6 +213,35 @@ def evaluate_pack(
         if trace is not None:
             traces.append(trace)
     return findings, traces
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    try:
+        return float(v) if hasattr(v, "as_integer_ratio") else str(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def extract_values(pack: LoadedPack, resources: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The pack's FHIRPath extracts over the patient's resources (a failing expression on a
+    malformed resource yields nothing for that resource, never an exception)."""
+    out: dict[str, list[Any]] = {}
+    for name, (rtype, fn) in pack.extracts.items():
+        vals: list[Any] = []
+        for r in resources:
+            if isinstance(r, dict) and r.get("resourceType") == rtype:
+                try:
+                    vals.extend(_jsonable(x) for x in fn(r))
+                except Exception:  # noqa: BLE001 - client data of any shape
+                    continue
+        out[name] = vals
+    return out
 
 
 def _reads(rule: CompiledRule, data: dict[str, Any]) -> dict[str, Any]:

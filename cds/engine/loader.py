@@ -46,7 +46,7 @@ ROOT_SHAPES: dict[str, Shape] = {
     "encounter": {"id": None, "status": None, "class": None, "start": None},
 }
 FACT_ROOTS = {
-    "now", "hook", "patient", "meds", "conditions", "past_conditions", "episodes", "procedures", "obs",
+    "extract", "now", "hook", "patient", "meds", "conditions", "past_conditions", "episodes", "procedures", "obs",
     "allergies", "encounter", "gaps",
 }
 SEVERITIES = {"info", "warning", "critical", "none"}
@@ -84,6 +84,7 @@ class LoadedPack:
     tables: dict[str, Table]
     engine: dl.Engine
     test_files: list[Path]
+    extracts: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name → (resource type, compiled FHIRPath)
 
     @property
     def id(self) -> str:
@@ -174,6 +175,13 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
 
     engine = dl.Engine(custom_operators=operators(tables))
     files = [mpath]
+    extracts: dict[str, tuple[str, Any]] = {}
+    for name, ex in manifest.extract.items():
+        fn, err = compile_fhirpath(ex.resource, ex.path)
+        if fn is None:
+            problems.append(mdoc.problem(["extract", name, "path"], f"FHIRPath: {err}"))
+        else:
+            extracts[name] = (ex.resource, fn)
 
     # ---- cards
     cards: dict[str, CardTpl] | None = {}
@@ -223,7 +231,7 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
             for j, r in enumerate(rule.references):
                 if r not in ref_ids:
                     problems.append(rdoc.problem(loc + ["references", j], f"reference {r!r} is not listed in pack.yaml references"))
-            cr, errs = _compile_rule(engine, rule, i, rdoc, tables, failed_tables, cards, cards_doc)
+            cr, errs = _compile_rule(engine, rule, i, rdoc, tables, failed_tables, cards, cards_doc, set(manifest.extract))
             problems.extend(errs)
             if cr is not None:
                 compiled.append(cr)
@@ -243,8 +251,24 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
         tables=tables,
         engine=engine,
         test_files=test_files,
+        extracts=extracts,
     )
     return pack, problems
+
+
+def compile_fhirpath(resource_type: str, path: str) -> tuple[Any, str | None]:
+    """Compile once with the R4 model (without it, choice types such as Observation.value
+    silently return nothing) and trial-run it, since fhirpathpy reports syntax errors only
+    when an expression first runs."""
+    import fhirpathpy
+    from fhirpathpy.models import models
+
+    try:
+        fn = fhirpathpy.compile(path, model=models["r4"])
+        fn({"resourceType": resource_type})
+    except Exception as e:  # fhirpathpy raises several exception types for bad expressions
+        return None, f"{type(e).__name__}: {e}"
+    return fn, None
 
 
 SCOPED = {"some": 1, "all": 1, "none": 1, "map": 1, "filter": 1, "reduce": 1}
@@ -336,6 +360,7 @@ def _compile_rule(
     failed_tables: set[str],
     cards: dict[str, CardTpl] | None,
     cards_doc: Located | None,
+    extract_names: set[str] | None = None,
 ) -> tuple[CompiledRule | None, list[Problem]]:
     loc: list[Any] = ["rules", index]
     problems: list[Problem] = []
@@ -343,6 +368,7 @@ def _compile_rule(
     # bindings this rule provides, and what each exposes
     bindings: dict[str, Shape] = {r: ROOT_SHAPES.get(r) for r in FACT_ROOTS}
     bindings["let"] = {k: None for k in rule.let}
+    bindings["extract"] = {k: None for k in extract_names or ()}
     used_tables: list[Table] = []
     join: dict[str, list[int]] = {}
     pair_a: dict[str, list[int]] = {}

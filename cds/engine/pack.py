@@ -53,6 +53,15 @@ class OverrideReasonDef(_M):
     system: str | None = None
 
 
+class ExtractDef(_M):
+    """A value pulled out of the patient's FHIR resources with FHIRPath (R4), for what the
+    normalised facts do not carry. Rules read it as ``extract.<name>`` (a list of values)."""
+
+    resource: str = Field(pattern=r"^[A-Z][A-Za-z]+$")
+    path: str = Field(min_length=1)
+    description: str | None = None
+
+
 class Manifest(_M):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-_.]*$")
     version: str = Field(pattern=SEMVER)
@@ -66,6 +75,7 @@ class Manifest(_M):
     override_reason_system: str = "https://cdsrules.org/fhir/CodeSystem/override-reason"
     override_reasons: list[OverrideReasonDef] = []
     min_coverage: float | None = Field(default=None, ge=0, le=100)
+    extract: dict[str, ExtractDef] = {}
     rules: list[str] = ["rules.yaml"]
     cards: str = "cards.yaml"
     tests: list[str] = ["tests/*.yaml"]
