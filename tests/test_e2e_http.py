@@ -374,3 +374,22 @@ def socket_free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def test_bundled_sandbox_config_is_a_valid_trusted_client() -> None:
+    import os
+
+    import httpx as _httpx
+    import yaml
+
+    from cds.api.auth import JWTVerifier, MemoryReplayCache
+    from cds.settings import Settings
+
+    repo = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((repo / "config" / "sandbox.yaml").read_text())
+    settings = Settings(**data)
+    [client] = settings.auth.clients
+    assert client.iss == "https://sandbox.cds-hooks.org"
+    assert "https://sandbox.cds-hooks.org/.well-known/jwks.json" in client.jku
+    JWTVerifier(settings.auth, _httpx.AsyncClient(), MemoryReplayCache())  # parses the inline key
+    assert os.path.exists(repo / "config" / "sandbox.yaml")
