@@ -36,6 +36,19 @@ def _print_problems(problems: list[Any]) -> None:
         print(p, file=sys.stderr)
 
 
+class _NotLoaded(Exception):
+    pass
+
+
+def _ruleset(settings: Settings) -> Any:
+    """The validated rule set, or the problems printed and the command failed (exit 1)."""
+    rs, problems = _load(settings)
+    if rs is None:
+        _print_problems(problems)
+        raise _NotLoaded
+    return rs
+
+
 # ------------------------------------------------------------------ serve
 
 
@@ -75,10 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    rs, problems = _load(_settings(args))
-    if rs is None:
-        _print_problems(problems)
-        return 1
+    rs = _ruleset(_settings(args))
     print(json.dumps(rs.services.discovery(), indent=2, ensure_ascii=False))
     return 0
 
@@ -97,10 +107,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rs, problems = _load(_settings(args))
-    if rs is None:
-        _print_problems(problems)
-        return 1
+    rs = _ruleset(_settings(args))
     now = datetime.now(timezone.utc)
     print(f"{'pack':32} {'version':9} {'status':8} {'effective':24} {'rules':>5}  hash")
     for p in sorted(rs.all_packs(), key=lambda p: (p.id, p.version)):
@@ -114,10 +121,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from cds.engine.diff import diff_packs
 
-    rs, problems = _load(_settings(args))
-    if rs is None:
-        _print_problems(problems)
-        return 1
+    rs = _ruleset(_settings(args))
     try:
         a, b = (_find_pack(rs, s) for s in (args.a, args.b))
     except KeyError as e:
@@ -142,10 +146,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from cds.testing.suite import coverage_text, junit_xml, run
 
     settings = _settings(args)
-    rs, problems = _load(settings)
-    if rs is None:
-        _print_problems(problems)
-        return 1
+    rs = _ruleset(settings)
     if args.request:
         return _run_request(rs, Path(args.request), args.service, settings, explain=False)
     reports, seconds = run(rs, [Path(p) for p in args.paths])
@@ -181,10 +182,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    rs, problems = _load(settings)
-    if rs is None:
-        _print_problems(problems)
-        return 1
+    rs = _ruleset(settings)
     return _run_request(rs, Path(args.request), args.service, settings, explain=True)
 
 
@@ -338,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_import_fest)
 
     args = ap.parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except _NotLoaded:
+        return 1
 
 
 if __name__ == "__main__":
