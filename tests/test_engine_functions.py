@@ -624,3 +624,44 @@ class TestLookupCost:
 def test_nan_is_never_a_number() -> None:
     # _num rejects non-finite numbers, so NaN cannot slip past a comparison in any function
     assert per_kg(math.nan, 1) is None and round_down(math.nan, 1) is None and ratio(math.nan, 1) is None
+
+
+class TestMedicationListFunctions:
+    """any_med_in / meds_in / pair_key: read the rule's own data without list-scope tricks."""
+
+    MEDS = [
+        {"key": "MedicationRequest/1", "name": "omeprazole", "atc": ["A02BC01"]},
+        {"key": "MedicationRequest/2", "name": "ibuprofen", "atc": ["M01AE01"]},
+        {"key": "MedicationRequest/3", "name": "naproxen", "atc": ["M01AE02"]},
+        "garbage",
+        {"key": "x"},
+    ]
+
+    def test_any_med_in_by_class(self) -> None:
+        from cds.engine.functions import any_med_in
+
+        assert any_med_in(self.MEDS, ["A02BC"]) is True
+        assert any_med_in(self.MEDS, ["B01A"]) is False
+        assert any_med_in(None, ["A02BC"]) is False
+
+    def test_except_key_leaves_the_checked_drug_out(self) -> None:
+        from cds.engine.functions import any_med_in
+
+        assert any_med_in(self.MEDS, ["M01AE"], "MedicationRequest/2") is True  # naproxen remains
+        assert any_med_in(self.MEDS[:2], ["M01AE"], "MedicationRequest/2") is False
+
+    def test_meds_in_names(self) -> None:
+        from cds.engine.functions import meds_in
+
+        assert meds_in(self.MEDS, ["M01AE"]) == ["ibuprofen", "naproxen"]
+        assert meds_in(self.MEDS, ["M01AE"], "MedicationRequest/3") == ["ibuprofen"]
+
+    def test_pair_key_is_order_free(self) -> None:
+        from cds.engine.functions import pair_key
+
+        assert pair_key("b", "a") == pair_key("a", "b") == "a|b"
+
+    def test_through_datalogic(self, engine: dl.Engine) -> None:
+        data = {"meds": {"all": self.MEDS}}
+        assert engine.eval({"any_med_in": [{"var": "meds.all"}, ["A02BC01"]]}, data) is True
+        assert engine.eval({"pair_key": ["z", "y"]}, {}) == "y|z"

@@ -3,7 +3,8 @@
 Paths are dotted lookups into a finding's bindings (``row.consequence_en``, ``a.name``,
 ``let.mg_per_kg``, ``patient.weight.kg``). Numbers render with the locale's decimal mark
 (nb: ``2,5``; en: ``2.5``). Filters: ``round0``, ``round1``, ``round2``, ``round3``, ``date``,
-``lower``, ``upper``, ``list``.
+``lower``, ``upper``, ``list``, ``opt`` (a missing optional value renders as nothing instead of
+"?").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from typing import Any
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*(?:\|\s*([a-z0-9_]+)\s*)?\}\}")
-FILTERS = {"round0", "round1", "round2", "round3", "date", "lower", "upper", "list"}
+FILTERS = {"round0", "round1", "round2", "round3", "date", "lower", "upper", "list", "opt"}
 SUMMARY_TEXT = 40  # in summaries, a text value longer than this is shortened (keeps them < 140)
 
 
@@ -44,8 +45,8 @@ def fmt_number(v: float, locale: str, decimals: int | None = None) -> str:
 
 
 def fmt_value(v: Any, locale: str, flt: str | None = None, max_text: int | None = None) -> str:
-    if v is None:
-        return "?" if locale == "en" else "?"
+    if v is None or (flt == "opt" and v in ("", [])):
+        return "" if flt == "opt" else "?"  # `opt`: an optional value renders as nothing when missing
     if isinstance(v, bool):
         return ({"nb": "ja", "en": "yes"} if v else {"nb": "nei", "en": "no"})[locale if locale in ("nb", "en") else "en"]
     if isinstance(v, (int, float)):

@@ -202,11 +202,7 @@ class PatientContext:
             "now": self.now.isoformat(),
             "hook": self.hook,
             "patient": patient,
-            "meds": {
-                "active": [m.facts() for m in self.meds_active],
-                "draft": [m.facts() for m in self.meds_draft],
-                "focus": [m.facts() for m in self.all_meds() if id(m) in focus_ids],
-            },
+            "meds": self._med_facts(focus_ids),
             "conditions": self.conditions,
             "past_conditions": self.past_conditions,
             "episodes": self.episodes,
@@ -216,6 +212,13 @@ class PatientContext:
             "encounter": self.encounter,
             "gaps": list(self.gaps),
         }
+
+
+    def _med_facts(self, focus_ids: set[int]) -> dict[str, list[dict[str, Any]]]:
+        active = [m.facts() for m in self.meds_active]
+        draft = [m.facts() for m in self.meds_draft]
+        focus = [f for m, f in zip(self.all_meds(), active + draft) if id(m) in focus_ids]
+        return {"active": active, "draft": draft, "all": active + draft, "focus": focus}
 
 
 def _years(born: date, today: date) -> int:

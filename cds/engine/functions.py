@@ -38,6 +38,30 @@ def atc_in(codes: Any, classes: Any) -> bool:
     return any(c.startswith(k) for c in cs for k in ks)
 
 
+def _matching_meds(meds: Any, classes: Any, except_key: Any = None) -> list[dict[str, Any]]:
+    return [
+        m for m in _as_list(meds)
+        if isinstance(m, dict) and atc_in(m.get("atc"), classes) and (except_key is None or m.get("key") != except_key)
+    ]
+
+
+def any_med_in(meds: Any, classes: Any, except_key: Any = None) -> bool:
+    """True when any medication of the list (e.g. meds.all) has an ATC code in the classes,
+    optionally leaving out the medication with key ``except_key`` (e.g. the one being checked)."""
+    return bool(_matching_meds(meds, classes, except_key))
+
+
+def meds_in(meds: Any, classes: Any, except_key: Any = None) -> list[str]:
+    """Names of the medications of the list with an ATC code in the classes (for card text)."""
+    return [str(m.get("name") or m.get("display") or "?") for m in _matching_meds(meds, classes, except_key)]
+
+
+def pair_key(a: Any, b: Any) -> str:
+    """The same key for (a, b) and (b, a): one card per pair, whichever drug came first."""
+    x, y = str(a), str(b)
+    return f"{x}|{y}" if x <= y else f"{y}|{x}"
+
+
 def has_condition(conditions: Any, system: Any, prefixes: Any) -> bool:
     """True when any condition has a code in ``system`` (icd10|icpc2|snomed) starting with a prefix
     (ICD-10 A41 matches A41.9; SNOMED codes must match exactly — pass whole codes)."""
@@ -153,6 +177,9 @@ def band(table: Table | None, key: Any, value: Any) -> Any:
 
 FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "atc_in": (atc_in, "[codes, classes] → true if any ATC code is in any class (hierarchy)"),
+    "any_med_in": (any_med_in, "[meds, classes, except_key?] → true if any medication has an ATC code in the classes"),
+    "meds_in": (meds_in, "[meds, classes, except_key?] → names of those medications"),
+    "pair_key": (pair_key, "[a, b] → one key for the pair in either order"),
     "has_condition": (has_condition, "[conditions, system, prefixes] → true if any active condition matches"),
     "days_between": (days_between, "[from, to] → calendar days between two dates/times"),
     "hours_between": (hours_between, "[from, to] → hours between two times"),

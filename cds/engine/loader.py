@@ -42,7 +42,7 @@ PATIENT_SHAPE: Shape = {
 }
 ROOT_SHAPES: dict[str, Shape] = {
     "patient": PATIENT_SHAPE,
-    "meds": {"active": None, "draft": None, "focus": None},
+    "meds": {"active": None, "draft": None, "all": None, "focus": None},
     "encounter": {"id": None, "status": None, "class": None, "start": None},
 }
 FACT_ROOTS = {

@@ -49,6 +49,8 @@ class SuggestionExpect(_M):
 
 class CardExpect(_M):
     rule: str
+    row: str | None = None
+    """The id of the knowledge-table row that produced the card."""
     indicator: Literal["info", "warning", "critical"] | None = None
     pack_version: str | None = None
     summary: str | None = None
@@ -177,7 +179,9 @@ def load_cases(path: Path) -> tuple[list[Case], list[Problem]]:
     for i, raw in enumerate(tf.cases):
         loc = ["cases", i]
         line = doc.where(loc)[0]
-        raw_cd, errs = validate_model(CaseDef, doc, raw, tuple(loc))
+        # with a matrix, values such as orders: ["${drug}"] are only typed after substitution
+        probe = {k: ([] if k in ("orders",) and raw.get("matrix") else v) for k, v in raw.items()}
+        raw_cd, errs = validate_model(CaseDef, doc, probe, tuple(loc))
         if raw_cd is None:
             problems.extend(errs)
             continue
@@ -321,6 +325,8 @@ def card_diffs(exp: CardExpect, card: dict[str, Any]) -> list[str]:
     prov = _prov(card)
     if exp.indicator and card["indicator"] != exp.indicator:
         out.append(f"indicator: expected {exp.indicator}, got {card['indicator']}")
+    if exp.row is not None and (prov.get("row") or {}).get("id") != exp.row:
+        out.append(f"row: expected {exp.row}, got {(prov.get('row') or {}).get('id')}")
     if exp.pack_version and prov.get("packVersion") != exp.pack_version:
         out.append(f"pack version: expected {exp.pack_version}, got {prov.get('packVersion')}")
     if exp.summary is not None and card["summary"] != exp.summary:
