@@ -379,7 +379,7 @@ def ev(engine: dl.Engine, logic: Any, data: dict[str, Any] | None = None) -> Any
 class TestDatalogic:
     def test_every_function_is_an_operator(self) -> None:
         ops = operators({})
-        assert set(ops) == set(OPERATOR_NAMES) == {*FUNCTIONS, "band"}
+        assert set(ops) == set(OPERATOR_NAMES) == {*FUNCTIONS, "band", "classify"}
         for name, op in ops.items():
             assert callable(op), name
 
@@ -665,3 +665,38 @@ class TestMedicationListFunctions:
         data = {"meds": {"all": self.MEDS}}
         assert engine.eval({"any_med_in": [{"var": "meds.all"}, ["A02BC01"]]}, data) is True
         assert engine.eval({"pair_key": ["z", "y"]}, {}) == "y|z"
+
+
+class TestClassify:
+    """classify: indexed code → class lookup with ICD-10/ATC hierarchy, SNOMED exact."""
+
+    @staticmethod
+    def table(tmp_path: Path) -> Table:
+        (tmp_path / "t").mkdir(exist_ok=True)
+        (tmp_path / "t" / "ev.meta.yaml").write_text(
+            "id: t/ev\ntitle: t\nrelease: '1'\ncolumns:\n  system: {type: text, required: true}\n  code: {type: code, required: true}\n"
+            "  class: {type: text, required: true}\n  source: {type: text, required: true}\n", encoding="utf-8")
+        (tmp_path / "t" / "ev.csv").write_text(
+            "system,code,class,source\nicd10,I26,previous_vte,s\nicd10,I80.2,previous_vte,s\nsnomed,128053003,previous_vte,s\n"
+            "atc,G03C,hormonal,s\nicd10,C,cancer,s\n", encoding="utf-8")
+        t, probs = load_table(tmp_path, "t/ev")
+        assert t is not None, probs
+        return t
+
+    def test_hierarchy_and_exact(self, tmp_path: Path) -> None:
+        from cds.engine.functions import classify
+
+        t = self.table(tmp_path)
+        assert classify(t, [{"icd10": ["I26.9"]}]) == ["previous_vte"]
+        assert classify(t, [{"icd10": ["I80.29"]}]) == ["previous_vte"]
+        assert classify(t, [{"icd10": ["I80.1"]}]) == []  # a sibling is not a subcode
+        assert classify(t, [{"snomed": ["128053003"]}, {"snomed": ["1280530031"]}]) == ["previous_vte"]
+        assert classify(t, [{"atc": ["G03CA03"]}, {"icd10": ["C50.9"]}]) == ["hormonal", "cancer"]
+        assert classify(t, ["junk", None, {"icd10": "I26"}]) == ["previous_vte"]
+        assert classify(None, [{"icd10": ["I26"]}]) == []
+
+    def test_through_the_engine_and_validation(self, tmp_path: Path) -> None:
+        t = self.table(tmp_path)
+        eng = dl.Engine(custom_operators=operators({"t/ev": t}))
+        assert eng.eval({"classify": ["t/ev", {"var": "c"}]}, {"c": [{"icd10": ["I26.0"]}]}) == ["previous_vte"]
+        assert eng.eval({"classify": ["nope", {"var": "c"}]}, {"c": [{"icd10": ["I26.0"]}]}) == []

@@ -7,7 +7,7 @@ are pure, never raise on odd input (they return ``null`` instead, which rules tr
 
 from __future__ import annotations
 
-import json
+import orjson
 import math
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation, ROUND_FLOOR
@@ -160,19 +160,75 @@ def ratio(a: Any, b: Any) -> float | None:
     return _finite(x / y)
 
 
-def band(table: Table | None, key: Any, value: Any) -> Any:
-    """Points for ``value`` in a banded table (columns: parameter, low, high, points):
-    the row of ``parameter == key`` with ``low <= value <= high`` (open ends when empty)."""
-    v = _num(value)
-    if table is None or v is None:
-        return None
+BandIndex = dict[Any, list[tuple[float | None, float | None, Any]]]
+
+
+def band_index(table: Table) -> BandIndex:
+    """Rows of a banded table grouped by parameter, in table order (built once at load)."""
+    idx: BandIndex = {}
     for r in table.rows:
-        if r.get("parameter") != key:
-            continue
-        lo, hi = _num(r.get("low")), _num(r.get("high"))
+        idx.setdefault(r.get("parameter"), []).append((_num(r.get("low")), _num(r.get("high")), r.get("points")))
+    return idx
+
+
+def band(table: Table | BandIndex | None, key: Any, value: Any) -> Any:
+    """Points for ``value`` in a banded table (columns: parameter, low, high, points):
+    the first row of ``parameter == key`` with ``low <= value <= high`` (open ends when empty)."""
+    v = _num(value)
+    if table is None or v is None or isinstance(key, (dict, list)):
+        return None
+    idx = band_index(table) if isinstance(table, Table) else table
+    for lo, hi, points in idx.get(key, ()):
         if (lo is None or v >= lo) and (hi is None or v <= hi):
-            return r.get("points")
+            return points
     return None
+
+
+ClassIndex = dict[tuple[str, str], list[str]]
+CLASSIFY_SYSTEMS = ("icd10", "icpc2", "snomed", "atc", "rxnorm")
+
+
+def class_index(table: Table) -> ClassIndex:
+    """(system, code) → classes, for a table with columns ``system``, ``code``, ``class``."""
+    idx: ClassIndex = {}
+    for r in table.rows:
+        system, code, cls = r.get("system"), r.get("code"), r.get("class")
+        if isinstance(system, str) and isinstance(code, str) and cls is not None:
+            key = (system, code.replace(".", "") if system in ("icd10", "icpc2") else code)
+            if cls not in idx.setdefault(key, []):
+                idx[key].append(str(cls))
+    return idx
+
+
+def _prefixes(system: str, code: str) -> list[str]:
+    if system == "atc":
+        return [code[:n] for n in ATC_LEVELS if n <= len(code)]
+    if system in ("icd10", "icpc2"):
+        c = code.replace(".", "")
+        return [c[:n] for n in range(1, len(c) + 1)]
+    return [code]
+
+
+def classify(table: Table | ClassIndex | None, items: Any) -> list[str]:
+    """The classes (column ``class``) whose codes match any of the items — conditions (icd10,
+    icpc2, snomed) or medications (atc, rxnorm). ICD-10/ICPC-2 rows match their subcodes
+    (I26 matches I26.9), ATC rows their subclasses; SNOMED CT and RxNorm match exactly."""
+    if table is None:
+        return []
+    idx = class_index(table) if isinstance(table, Table) else table
+    found: list[str] = []
+    for item in _as_list(items):
+        if not isinstance(item, dict):
+            continue
+        for system in CLASSIFY_SYSTEMS:
+            for code in _as_list(item.get(system)):
+                if not isinstance(code, str) or not code:
+                    continue
+                for pre in _prefixes(system, code):
+                    for cls in idx.get((system, pre), ()):
+                        if cls not in found:
+                            found.append(cls)
+    return found
 
 
 FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
@@ -196,25 +252,35 @@ def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
     def wrap(fn: Callable[..., Any]) -> Callable[[str], str]:
         def op(args_json: str) -> str:
             try:
-                args = json.loads(args_json)
+                args = orjson.loads(args_json)
                 if not isinstance(args, list):
                     args = [args]
-                return json.dumps(fn(*args), allow_nan=False)
-            except (TypeError, ValueError, ArithmeticError):
+                out = fn(*args)
+                if isinstance(out, float) and not math.isfinite(out):
+                    return "null"
+                return orjson.dumps(out).decode()
+            except (TypeError, ValueError, ArithmeticError, orjson.JSONDecodeError, orjson.JSONEncodeError):
                 return "null"
 
         return op
 
     ops = {name: wrap(fn) for name, (fn, _) in FUNCTIONS.items()}
+    bands = {tid: band_index(t) for tid, t in tables.items() if {"parameter", "low", "high", "points"} <= set(t.meta.columns)}
+    classes = {tid: class_index(t) for tid, t in tables.items() if {"system", "code", "class"} <= set(t.meta.columns)}
 
     def band_op(table_id: Any, key: Any, value: Any) -> Any:
-        return band(tables.get(table_id) if isinstance(table_id, str) else None, key, value)
+        return band(bands.get(table_id) if isinstance(table_id, str) else None, key, value)
+
+    def classify_op(table_id: Any, items: Any) -> Any:
+        return classify(classes.get(table_id) if isinstance(table_id, str) else None, items)
 
     ops["band"] = wrap(band_op)
+    ops["classify"] = wrap(classify_op)
     return ops
 
 
-OPERATOR_NAMES = (*FUNCTIONS, "band")
+TABLE_FUNCTIONS = {"band": ("parameter", "low", "high", "points"), "classify": ("system", "code", "class")}
+OPERATOR_NAMES = (*FUNCTIONS, *TABLE_FUNCTIONS)
 
 
 def _arity(fn: Callable[..., Any]) -> tuple[int, int]:
@@ -224,4 +290,4 @@ def _arity(fn: Callable[..., Any]) -> tuple[int, int]:
     return sum(1 for p in params if p.default is inspect.Parameter.empty), len(params)
 
 
-ARITY: dict[str, tuple[int, int]] = {name: _arity(fn) for name, (fn, _) in FUNCTIONS.items()} | {"band": (3, 3)}
+ARITY: dict[str, tuple[int, int]] = {name: _arity(fn) for name, (fn, _) in FUNCTIONS.items()} | {"band": (3, 3), "classify": (2, 2)}

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import datalogic_py as dl
 
 from cds.cards.templates import FILTERS, SUMMARY_TEXT, literal_length, placeholders
-from cds.engine.functions import ARITY, ATC_LEVELS, operators
+from cds.engine.functions import ARITY, ATC_LEVELS, TABLE_FUNCTIONS, operators
 from cds.engine.knowledge import KnowledgeCache, Table
 from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
 from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
@@ -68,6 +68,19 @@ class CompiledRule:
     pair_a: dict[str, list[int]] = field(default_factory=dict)
     pair_b: dict[str, list[int]] = field(default_factory=dict)
     suggestion_when: dict[str, dl.Rule] = field(default_factory=dict)
+    guard: dl.Rule | None = None
+    """The conjuncts of ``when`` that read no ``let``: checked first, so a candidate that cannot
+    fire costs no ``let`` evaluations (lets are pure, so the outcome is the same)."""
+    paths: dict[str, Any] = field(default_factory=dict)
+    """Per expression (let names, "when", "severity", "guard"): the data paths it reads."""
+
+    def __post_init__(self) -> None:
+        from cds.engine.evaluate import paths_of
+
+        exprs = {**{n: r for n, r in self.lets}, "when": self.when, "severity": self.severity}
+        if self.guard is not None:
+            exprs["guard"] = self.guard
+        self.paths = {k: paths_of(r) for k, r in exprs.items()}
 
     @property
     def id(self) -> str:
@@ -316,11 +329,11 @@ def _arity_problems(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tupl
             yield from _arity_problems(a, loc + (i,))
 
 
-def _band_tables(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+def _band_tables(expr: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, str]]:
     if isinstance(expr, dict):
         for op, args in expr.items():
-            if op == "band" and isinstance(args, list) and args and not isinstance(args[0], (dict, list)):
-                yield loc + (op, 0), args[0]
+            if op in TABLE_FUNCTIONS and isinstance(args, list) and args and not isinstance(args[0], (dict, list)):
+                yield loc + (op, 0), args[0], op
             for i, a in enumerate(args if isinstance(args, list) else [args]):
                 yield from _band_tables(a, loc + ((op, i) if isinstance(args, list) else (op,)))
     elif isinstance(expr, list):
@@ -424,9 +437,11 @@ def _compile_rule(
         if not isinstance(expr, str):
             for path, at in iter_vars(expr):
                 _check_path(path, bindings, doc, where + list(at), problems)
-            for at, tid in _band_tables(expr):
+            for at, tid, fn in _band_tables(expr):
                 if tid not in tables:
-                    problems.append(doc.problem(where + list(at), f"band: table {tid!r} is not declared in pack.yaml knowledge"))
+                    problems.append(doc.problem(where + list(at), f"{fn}: table {tid!r} is not declared in pack.yaml knowledge"))
+                elif not set(TABLE_FUNCTIONS[fn]) <= set(tables[tid].meta.columns):
+                    problems.append(doc.problem(where + list(at), f"{fn}: table {tid!r} needs the columns {', '.join(TABLE_FUNCTIONS[fn])}"))
         return r
 
     lets: list[tuple[str, dl.Rule]] = []
@@ -467,6 +482,11 @@ def _compile_rule(
         return None, []
     if problems or when is None or severity is None or card is None:
         return None, problems
+    guard = None
+    if rule.let and isinstance(rule.when, dict) and list(rule.when) == ["and"] and isinstance(rule.when["and"], list):
+        free = [c for c in rule.when["and"] if not any(p[0] == "let" for p, _ in iter_vars(c))]
+        if free and len(free) < len(rule.when["and"]):
+            guard = engine.compile({"and": free})
     roots = set()
     for r in [when, severity, *(x for _, x in lets), *suggestion_when.values()]:
         roots.update(p[0] for p in r.facts()["reads"] if p)
@@ -474,7 +494,7 @@ def _compile_rule(
         roots.add(path.split(".")[0])
     roots &= FACT_ROOTS
     return (
-        CompiledRule(rule, index, when, severity, lets, roots, card, used_tables, join, pair_a, pair_b, suggestion_when),
+        CompiledRule(rule, index, when, severity, lets, roots, card, used_tables, join, pair_a, pair_b, suggestion_when, guard),
         problems,
     )
 

@@ -571,6 +571,8 @@ def _json_logic_defs() -> dict[str, Any]:
         ops[name] = {"description": f"Engine function: {text}"}
     ops["band"] = {"description": "Engine function: [table, parameter, value] → points of the row of a banded table "
                    "(columns parameter, low, high, points) with low <= value <= high, or null"}
+    ops["classify"] = {"description": "Engine function: [table, items] → the classes (column class) whose codes (columns "
+                       "system, code) match any of the items: conditions by icd10/icpc2/snomed, medications by atc/rxnorm"}
     return {
         "JsonLogicOperation": {
             "description": "A JSON Logic operation: {operator: [arguments]}. See docs/authoring.md (JSON Logic primer).",
