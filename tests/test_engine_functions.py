@@ -700,3 +700,16 @@ class TestClassify:
         eng = dl.Engine(custom_operators=operators({"t/ev": t}))
         assert eng.eval({"classify": ["t/ev", {"var": "c"}]}, {"c": [{"icd10": ["I26.0"]}]}) == ["previous_vte"]
         assert eng.eval({"classify": ["nope", {"var": "c"}]}, {"c": [{"icd10": ["I26.0"]}]}) == []
+
+
+class TestLeastGreatest:
+    def test_skips_missing_values(self) -> None:
+        from cds.engine.functions import greatest, least
+
+        assert least(None, 5, 3.5, "x") == 3.5
+        assert greatest(None, 5, 3.5, [7, None]) == 7
+        assert least(None, None) is None and greatest() is None
+
+    def test_through_datalogic(self, engine: dl.Engine) -> None:
+        assert engine.eval({"least": [{"var": "a"}, {"var": "missing"}, 400]}, {"a": 200}) == 200
+        assert engine.eval({"greatest": [{"var": "missing"}]}, {}) is None

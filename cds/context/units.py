@@ -248,9 +248,18 @@ def fraction_to_decimal(value: Fraction) -> Decimal:
 
 
 def _show(value: object) -> str:
+    """A value as a clinician reads it (these texts end up on cards): 7.5, not Fraction(15, 2)."""
     try:
-        text = repr(value) if not isinstance(value, str) else value
-    except ValueError:  # e.g. int too large to print
+        if isinstance(value, Fraction):
+            d = Decimal(value.numerator) / Decimal(value.denominator)
+            text = format(d.normalize(), "f") if value.denominator != 1 else str(value.numerator)
+        elif isinstance(value, Decimal):
+            text = format(value.normalize(), "f")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            text = format(value, "g") if isinstance(value, float) else str(value)
+        else:
+            text = repr(value) if not isinstance(value, str) else value
+    except (ValueError, ArithmeticError):  # e.g. int too large to print
         return "<number>"
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -153,6 +153,26 @@ def round_down(value: Any, step: Any) -> float | None:
     return f
 
 
+def _numbers(values: tuple[Any, ...]) -> list[float]:
+    flat: list[Any] = []
+    for v in values:
+        flat.extend(v if isinstance(v, list) else [v])
+    return [n for n in (_num(x) for x in flat) if n is not None]
+
+
+def least(*values: Any) -> float | None:
+    """The smallest of the values that exist (nulls and non-numbers are skipped); null if none.
+    For "the tightest of these limits" where some limits do not apply."""
+    nums = _numbers(values)
+    return min(nums) if nums else None
+
+
+def greatest(*values: Any) -> float | None:
+    """The largest of the values that exist; null if none."""
+    nums = _numbers(values)
+    return max(nums) if nums else None
+
+
 def ratio(a: Any, b: Any) -> float | None:
     x, y = _num(a), _num(b)
     if x is None or y is None or y == 0:
@@ -243,6 +263,8 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "per_kg": (per_kg, "[amount, weight_kg] → amount per kg, or null when either is missing"),
     "round_down": (round_down, "[value, step] → value rounded DOWN to a multiple of step"),
     "ratio": (ratio, "[a, b] → a / b, or null when b is 0 or missing"),
+    "least": (least, "[values…] → the smallest value that exists (nulls skipped), or null"),
+    "greatest": (greatest, "[values…] → the largest value that exists (nulls skipped), or null"),
 }
 
 
@@ -287,6 +309,8 @@ def _arity(fn: Callable[..., Any]) -> tuple[int, int]:
     import inspect
 
     params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 1, 10_000
     return sum(1 for p in params if p.default is inspect.Parameter.empty), len(params)
 
 
