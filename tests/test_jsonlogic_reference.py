@@ -20,9 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 ENGINE = dl.Engine()
 
 
+# The operators of the JSON Logic specification (jsonlogic.com/operations.html). Expressions
+# using anything else (our engine functions, datalogic extensions such as ?? or val) have no
+# reference to compare with.
+STANDARD = {
+    "var", "missing", "missing_some", "if", "==", "===", "!=", "!==", "!", "!!", "or", "and", ">", ">=", "<", "<=",
+    "max", "min", "+", "-", "*", "/", "%", "map", "reduce", "filter", "all", "none", "some", "merge", "in", "cat",
+    "substr", "log",
+}
+
+
 def _uses_custom(e: Any) -> bool:
     if isinstance(e, dict):
-        return any(k in OPERATOR_NAMES or _uses_custom(v) for k, v in e.items())
+        return any(k not in STANDARD or k in OPERATOR_NAMES or _uses_custom(v) for k, v in e.items())
     if isinstance(e, list):
         return any(_uses_custom(x) for x in e)
     return False
