@@ -180,43 +180,58 @@ def ratio(a: Any, b: Any) -> float | None:
     return _finite(x / y)
 
 
-BandIndex = dict[Any, list[tuple[float | None, float | None, Any]]]
+class RowHits:
+    """Records which knowledge rows the table functions matched — switched on only while pack
+    tests run (for row coverage); in production ``active`` stays None and costs nothing."""
+
+    def __init__(self) -> None:
+        self.active: set[tuple[str, int]] | None = None
+
+    def add(self, table_id: str, line: int) -> None:
+        if self.active is not None:
+            self.active.add((table_id, line))
+
+
+BandIndex = dict[Any, list[tuple[float | None, float | None, Any, int]]]
 
 
 def band_index(table: Table) -> BandIndex:
     """Rows of a banded table grouped by parameter, in table order (built once at load)."""
     idx: BandIndex = {}
-    for r in table.rows:
-        idx.setdefault(r.get("parameter"), []).append((_num(r.get("low")), _num(r.get("high")), r.get("points")))
+    lines = table.lines or list(range(2, len(table.rows) + 2))
+    for r, line in zip(table.rows, lines):
+        idx.setdefault(r.get("parameter"), []).append((_num(r.get("low")), _num(r.get("high")), r.get("points"), line))
     return idx
 
 
-def band(table: Table | BandIndex | None, key: Any, value: Any) -> Any:
+def band(table: Table | BandIndex | None, key: Any, value: Any, hit: Callable[[int], None] | None = None) -> Any:
     """Points for ``value`` in a banded table (columns: parameter, low, high, points):
     the first row of ``parameter == key`` with ``low <= value <= high`` (open ends when empty)."""
     v = _num(value)
     if table is None or v is None or isinstance(key, (dict, list)):
         return None
     idx = band_index(table) if isinstance(table, Table) else table
-    for lo, hi, points in idx.get(key, ()):
+    for lo, hi, points, line in idx.get(key, ()):
         if (lo is None or v >= lo) and (hi is None or v <= hi):
+            if hit is not None:
+                hit(line)
             return points
     return None
 
 
-ClassIndex = dict[tuple[str, str], list[str]]
+ClassIndex = dict[tuple[str, str], list[tuple[str, int]]]
 CLASSIFY_SYSTEMS = ("icd10", "icpc2", "snomed", "atc", "rxnorm")
 
 
 def class_index(table: Table) -> ClassIndex:
     """(system, code) → classes, for a table with columns ``system``, ``code``, ``class``."""
     idx: ClassIndex = {}
-    for r in table.rows:
+    lines = table.lines or list(range(2, len(table.rows) + 2))
+    for r, line in zip(table.rows, lines):
         system, code, cls = r.get("system"), r.get("code"), r.get("class")
         if isinstance(system, str) and isinstance(code, str) and cls is not None:
             key = (system, code.replace(".", "") if system in ("icd10", "icpc2") else code)
-            if cls not in idx.setdefault(key, []):
-                idx[key].append(str(cls))
+            idx.setdefault(key, []).append((str(cls), line))
     return idx
 
 
@@ -229,7 +244,7 @@ def _prefixes(system: str, code: str) -> list[str]:
     return [code]
 
 
-def classify(table: Table | ClassIndex | None, items: Any) -> list[str]:
+def classify(table: Table | ClassIndex | None, items: Any, hit: Callable[[int], None] | None = None) -> list[str]:
     """The classes (column ``class``) whose codes match any of the items — conditions (icd10,
     icpc2, snomed) or medications (atc, rxnorm). ICD-10/ICPC-2 rows match their subcodes
     (I26 matches I26.9), ATC rows their subclasses; SNOMED CT and RxNorm match exactly."""
@@ -245,7 +260,9 @@ def classify(table: Table | ClassIndex | None, items: Any) -> list[str]:
                 if not isinstance(code, str) or not code:
                     continue
                 for pre in _prefixes(system, code):
-                    for cls in idx.get((system, pre), ()):
+                    for cls, line in idx.get((system, pre), ()):
+                        if hit is not None:
+                            hit(line)
                         if cls not in found:
                             found.append(cls)
     return found
@@ -268,7 +285,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
 }
 
 
-def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
+def operators(tables: dict[str, Table], hits: RowHits | None = None) -> dict[str, Callable[[str], str]]:
     """datalogic custom operators (JSON in, JSON out) bound to a pack's knowledge tables."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[[str], str]:
@@ -290,11 +307,16 @@ def operators(tables: dict[str, Table]) -> dict[str, Callable[[str], str]]:
     bands = {tid: band_index(t) for tid, t in tables.items() if {"parameter", "low", "high", "points"} <= set(t.meta.columns)}
     classes = {tid: class_index(t) for tid, t in tables.items() if {"system", "code", "class"} <= set(t.meta.columns)}
 
+    def recorder(table_id: Any) -> Callable[[int], None] | None:
+        if hits is None or hits.active is None or not isinstance(table_id, str):
+            return None
+        return lambda line: hits.add(table_id, line)
+
     def band_op(table_id: Any, key: Any, value: Any) -> Any:
-        return band(bands.get(table_id) if isinstance(table_id, str) else None, key, value)
+        return band(bands.get(table_id) if isinstance(table_id, str) else None, key, value, recorder(table_id))
 
     def classify_op(table_id: Any, items: Any) -> Any:
-        return classify(classes.get(table_id) if isinstance(table_id, str) else None, items)
+        return classify(classes.get(table_id) if isinstance(table_id, str) else None, items, recorder(table_id))
 
     ops["band"] = wrap(band_op)
     ops["classify"] = wrap(classify_op)

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import datalogic_py as dl
 
 from cds.cards.templates import FILTERS, SUMMARY_TEXT, literal_length, placeholders
-from cds.engine.functions import ARITY, ATC_LEVELS, TABLE_FUNCTIONS, operators
+from cds.engine.functions import ARITY, ATC_LEVELS, TABLE_FUNCTIONS, RowHits, operators
 from cds.engine.knowledge import KnowledgeCache, Table
 from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
 from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
@@ -98,6 +98,7 @@ class LoadedPack:
     engine: dl.Engine
     test_files: list[Path]
     extracts: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name → (resource type, compiled FHIRPath)
+    row_hits: RowHits = field(default_factory=RowHits)  # rows matched by band/classify (pack tests only)
 
     @property
     def id(self) -> str:
@@ -186,7 +187,8 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
             )
         tables[ref.table] = t
 
-    engine = dl.Engine(custom_operators=operators(tables))
+    row_hits = RowHits()
+    engine = dl.Engine(custom_operators=operators(tables, row_hits))
     files = [mpath]
     extracts: dict[str, tuple[str, Any]] = {}
     for name, ex in manifest.extract.items():
@@ -265,6 +267,7 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
         engine=engine,
         test_files=test_files,
         extracts=extracts,
+        row_hits=row_hits,
     )
     return pack, problems
 

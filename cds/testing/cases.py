@@ -275,6 +275,7 @@ def run_case(ruleset: RuleSet, pack: LoadedPack, case: Case) -> CaseResult:
     try:
         context, resources = build_call(case)
         ctx_model = CONTEXT_MODELS[case.hook].model_validate(context)
+        pack.row_hits.active = set()
         ev = evaluate(
             ruleset,
             service_for(pack),
@@ -285,7 +286,9 @@ def run_case(ruleset: RuleSet, pack: LoadedPack, case: Case) -> CaseResult:
             locale=case.locale,
         )
     except Exception as e:  # a broken case is a failing case, with the reason
+        pack.row_hits.active = None
         return CaseResult(pack.key, case, False, [f"could not run: {type(e).__name__}: {e}"], time.perf_counter() - t0)
+    looked_up, pack.row_hits.active = pack.row_hits.active or set(), None
     body = ev.response.wire()
     failures.extend(f"response is not CDS Hooks conformant: {p}" for p in check_response(body))
     if ev.errors and not case.expect.rule_errors:
@@ -302,6 +305,7 @@ def run_case(ruleset: RuleSet, pack: LoadedPack, case: Case) -> CaseResult:
             failures.append(f"data gaps: expected one containing {frag!r}, got {ext.get('dataGaps', [])}")
     fired = {f.rule.id for _, f in ev.cards}
     rows = {(f.rule.tables[0].id, f.row_line) for _, f in ev.cards if f.row_line is not None and f.rule.tables}
+    rows |= looked_up  # rows matched by band/classify lookups in this case
     return CaseResult(pack.key, case, not failures, failures, time.perf_counter() - t0, body["cards"], fired, rows)
 
 

@@ -89,14 +89,9 @@ def coverage(pack: LoadedPack, results: list[CaseResult]) -> Coverage:
     ids = [r.id for r in pack.rules]
     covered = [i for i in ids if i in positive and i in negative]
     all_rows: list[tuple[str, int, str]] = []
-    seen_tables: set[str] = set()
-    for rule in pack.rules:
-        for t in rule.tables:
-            if t.id in seen_tables:
-                continue
-            seen_tables.add(t.id)
-            for row, line in zip(t.rows, t.lines):
-                all_rows.append((t.id, line, str(row.get("id") or "")))
+    for t in sorted(pack.tables.values(), key=lambda t: t.id):  # every declared table: joined or looked up
+        for row, line in zip(t.rows, t.lines):
+            all_rows.append((t.id, line, str(row.get("id") or "")))
     uncovered = [f"{t}:{line}" + (f" ({rid})" if rid else "") for t, line, rid in all_rows if (t, line) not in rows]
     return Coverage(
         pack=pack.key,
