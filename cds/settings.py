@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cds.api.auth import AuthSettings
@@ -99,4 +99,4 @@ def dump_public(settings: Settings) -> dict[str, Any]:
     return d
 
 
-__all__ = ["Settings", "FhirSettings", "AuditSettings", "load_settings", "dump_public", "Field"]
+__all__ = ["Settings", "FhirSettings", "AuditSettings", "load_settings", "dump_public"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import signal
 import time
@@ -305,7 +306,7 @@ def _admin_ok(request: Request, settings: Settings) -> bool:
         if not auth.lower().startswith("bearer "):
             return False
         digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()
-        return hashlib.sha256(digest.encode()).digest() == hashlib.sha256(settings.admin_token_sha256.lower().encode()).digest()
+        return hmac.compare_digest(digest, settings.admin_token_sha256.lower())
     host = request.client.host if request.client else ""
     return host in ("127.0.0.1", "::1", "localhost")
 
