@@ -713,3 +713,25 @@ class TestLeastGreatest:
     def test_through_datalogic(self, engine: dl.Engine) -> None:
         assert engine.eval({"least": [{"var": "a"}, {"var": "missing"}, 400]}, {"a": 200}) == 200
         assert engine.eval({"greatest": [{"var": "missing"}]}, {}) is None
+
+
+class TestFirstCoded:
+    PROCS = [
+        {"codes": ["npr|A37S"], "time": "2026-11-12T09:00:00+00:00"},
+        {"codes": ["npr|A37S", "x|y"], "time": "2026-11-10T09:00:00+00:00"},
+        {"codes": ["npr|A37S"], "time": "2026-10-01T09:00:00+00:00"},  # before the pathway start
+        {"codes": ["npr|A37CK"], "time": "2026-11-15T09:00:00+00:00"},
+        {"codes": ["npr|A37S"]},  # no time
+        "junk",
+    ]
+
+    def test_earliest_on_or_after(self) -> None:
+        from cds.engine.functions import first_coded
+
+        assert first_coded(self.PROCS, ["npr|A37S"], "2026-11-01") == "2026-11-10T09:00:00+00:00"
+        assert first_coded(self.PROCS, ["npr|A37S"]) == "2026-10-01T09:00:00+00:00"
+        assert first_coded(self.PROCS, ["npr|A37S"], "2026-11-10T23:00:00Z") == "2026-11-10T09:00:00+00:00"  # same calendar day counts
+        assert first_coded(self.PROCS, ["npr|A37CK", "npr|A37CM"], "2026-11-01") == "2026-11-15T09:00:00+00:00"
+        assert first_coded(self.PROCS, ["npr|A37F"], "2026-11-01") is None
+        assert first_coded(self.PROCS, ["npr|A37S"], "not a date") is None
+        assert first_coded(None, ["npr|A37S"]) is None

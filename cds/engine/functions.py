@@ -108,6 +108,26 @@ def hours_between(a: Any, b: Any) -> float | None:
     return round((db - da).total_seconds() / 3600, 3)
 
 
+def first_coded(items: Any, codes: Any, not_before: Any = None) -> str | None:
+    """The earliest ``time`` of the items (e.g. procedures) that carry any of the codes
+    ("system|code" strings, as facts give them), counting only items on or after the calendar
+    day of ``not_before`` when given; null when there is none."""
+    wanted = {c for c in _as_list(codes) if isinstance(c, str) and c}
+    floor = _parse(not_before)
+    if not_before is not None and floor is None:
+        return None
+    best: tuple[datetime, str] | None = None
+    for it in _as_list(items):
+        if not isinstance(it, dict) or not wanted & {c for c in _as_list(it.get("codes")) if isinstance(c, str)}:
+            continue
+        t = _parse(it.get("time"))
+        if t is None or (floor is not None and t.date() < floor.date()):
+            continue
+        if best is None or t < best[0]:
+            best = (t, str(it.get("time")))
+    return best[1] if best else None
+
+
 def latest(observations: Any, max_age_hours: Any = None) -> Any:
     """The most recent observation of a list (newest first, as the context gives them), if it is
     no older than ``max_age_hours``; else null."""
@@ -277,6 +297,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "days_between": (days_between, "[from, to] → calendar days between two dates/times"),
     "hours_between": (hours_between, "[from, to] → hours between two times"),
     "latest": (latest, "[observations, max_age_hours] → newest observation within the window, or null"),
+    "first_coded": (first_coded, "[items, codes, not_before?] → earliest time of an item with any of the codes, or null"),
     "per_kg": (per_kg, "[amount, weight_kg] → amount per kg, or null when either is missing"),
     "round_down": (round_down, "[value, step] → value rounded DOWN to a multiple of step"),
     "ratio": (ratio, "[a, b] → a / b, or null when b is 0 or missing"),
