@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from functools import lru_cache
+
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from cds.context.codes import CodeMaps
@@ -32,14 +35,16 @@ class RuleSet:
     def all_packs(self) -> list[LoadedPack]:
         return [p for versions in self.packs.values() for p in versions.values()]
 
+    def __post_init__(self) -> None:
+        # per pack id: (version, pack), newest first — parsed once per snapshot, not per request
+        self._ordered: dict[str, list[tuple[Version, LoadedPack]]] = {
+            pid: sorted(((Version(v), p) for v, p in versions.items()), key=lambda t: t[0], reverse=True)
+            for pid, versions in self.packs.items()
+        }
+
     def candidates(self, pin: PackPin) -> list[LoadedPack]:
-        versions = self.packs.get(pin.id, {})
-        spec = pin.specifier
-        return sorted(
-            (p for v, p in versions.items() if Version(v) in spec),
-            key=lambda p: Version(p.version),
-            reverse=True,
-        )
+        spec = _specifier(pin.version)
+        return [p for v, p in self._ordered.get(pin.id, []) if v in spec]
 
     def resolve(self, pin: PackPin, now: datetime) -> LoadedPack | None:
         """Highest version matching the pin that is active (or draft, if allowed) at ``now``."""
@@ -52,6 +57,11 @@ class RuleSet:
                 continue
             return p
         return None
+
+
+@lru_cache(maxsize=1024)
+def _specifier(version: str) -> SpecifierSet:
+    return PackPin(id="_", version=version).specifier
 
 
 def find_pack_dirs(rules_dir: Path) -> list[Path]:
