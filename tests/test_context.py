@@ -59,11 +59,12 @@ def code_maps(tmp_path_factory: pytest.TempPathFactory) -> CodeMaps:
         {
             "rxcui": {"type": "code", "required": True, "unique": True},
             "name": {"type": "text", "required": True},
-            "atc": {"type": "atc"},
+            "atc": {"type": "atc_list"},
             "source": {"type": "text", "required": True},
         },
         [
             {"rxcui": "5640", "name": "ibuprofen", "atc": "M01AE01", "source": src},
+            {"rxcui": "6851", "name": "methotrexate", "atc": "L01BA01;L04AX03", "source": src},
             {"rxcui": "161", "name": "acetaminophen", "atc": "N02BE01", "source": src},
             {"rxcui": "11289", "name": "warfarin", "atc": "B01AA03", "source": src},
             {"rxcui": "723", "name": "amoxicillin", "atc": "J01CA04", "source": src},
@@ -79,16 +80,19 @@ def code_maps(tmp_path_factory: pytest.TempPathFactory) -> CodeMaps:
             "name": {"type": "text", "required": True},
             "ingredients": {"type": "list", "required": True},
             "strength": {"type": "text"},
+            "route": {"type": "enum", "values": ["oral", "topical"]},
             "source": {"type": "text", "required": True},
         },
         [
-            {"rxcui": "197806", "tty": "SCD", "name": "ibuprofen 400 MG Oral Tablet", "ingredients": "5640", "strength": "400 MG", "source": src},
+            {"rxcui": "197806", "tty": "SCD", "name": "ibuprofen 400 MG Oral Tablet", "ingredients": "5640", "strength": "400 MG", "route": "oral", "source": src},
+            {"rxcui": "900001", "tty": "SCD", "name": "ibuprofen 50 MG/ML Topical Gel (fixture)", "ingredients": "5640", "strength": "", "route": "topical", "source": src},
             {
                 "rxcui": "562508",
                 "tty": "SCD",
                 "name": "amoxicillin 875 MG / clavulanate 125 MG Oral Tablet",
                 "ingredients": "723;48203",
                 "strength": "",
+                "route": "oral",
                 "source": src,
             },
         ],
@@ -108,11 +112,26 @@ def code_maps(tmp_path_factory: pytest.TempPathFactory) -> CodeMaps:
             {"atc": "N02BE01", "name_en": "paracetamol", "name_nb": "paracetamol", "synonyms": "acetaminophen", "source": src},
             {"atc": "B01AA03", "name_en": "warfarin", "name_nb": "warfarin", "synonyms": "", "source": src},
             {"atc": "J01CA04", "name_en": "amoxicillin", "name_nb": "amoksicillin", "synonyms": "", "source": src},
+            {"atc": "L01BA01", "name_en": "methotrexate", "name_nb": "metotreksat", "synonyms": "", "source": src},
+            {"atc": "L04AX03", "name_en": "methotrexate", "name_nb": "metotreksat", "synonyms": "", "source": src},
         ],
+    )
+    _write(
+        root,
+        "codes/observation-codes",
+        {
+            "id": {"type": "code", "required": True, "unique": True},
+            "system": {"type": "enum", "required": True, "values": ["snomed", "loinc"]},
+            "code": {"type": "code", "required": True},
+            "key": {"type": "code", "required": True},
+            "display": {"type": "text", "required": True},
+            "source": {"type": "text", "required": True},
+        },
+        [{"id": "RR", "system": "snomed", "code": "86290005", "key": "9279-1", "display": "Respiratory rate", "source": src}],
     )
     maps, problems = CodeMaps.load(KnowledgeCache(root))
     assert not [p for p in problems if p.severity == "error"], problems
-    assert len(maps.tables) == 3
+    assert len(maps.tables) == 4
     return maps
 
 
@@ -290,6 +309,42 @@ class TestIdentification:
         assert m["display"] == "Mystery herbal drops"
         assert m["name"] == "Mystery herbal drops"
         assert any("could not be identified" in p for p in m["problems"])
+
+    def test_ingredient_with_two_atc_codes_by_rxnorm(self, builder: ContextBuilder) -> None:
+        m = one_med(builder, mr("a1", concept=cc(RXNORM, "6851", display="methotrexate")))
+        assert m["atc"] == ["L01BA01", "L04AX03"]  # rows keyed by either ATC code match
+        assert m["rxnorm"] == ["6851"] and m["name"] == "methotrexate"
+
+    def test_second_atc_code_of_an_ingredient(self, builder: ContextBuilder) -> None:
+        m = one_med(builder, mr("a1", concept=cc(ATC, "L04AX03", display="Metoject")))
+        assert m["atc"] == ["L04AX03", "L01BA01"]  # the record's own code first
+        assert m["rxnorm"] == ["6851"] and m["via"] == ["atc"]
+
+    def test_atc_without_a_name_keeps_the_records_text(self, builder: ContextBuilder) -> None:
+        m = one_med(builder, mr("a1", concept=cc(ATC, "C01BD07", display="Multaq 400 mg")))
+        assert m["atc"] == ["C01BD07"] and m["rxnorm"] == []
+        assert m["name"] == "Multaq 400 mg"  # never the bare code on a card
+        assert m["identified"] is True
+        m = one_med(builder, mr("a2", concept=cc(ATC, "C01BD07")))
+        assert m["name"] == "C01BD07"  # nothing better to show
+
+    def test_product_dose_form_gives_the_route_when_the_dosage_has_none(self, builder: ContextBuilder) -> None:
+        gel = one_med(builder, mr("g1", concept=cc(RXNORM, "900001")))
+        assert gel["dose"]["route"] == "topical"
+        assert "no route stated" not in gel["dose"]["problems"]
+        stated = {"route": {"coding": [{"system": SCT, "code": "26643006"}]}}  # the order's own route wins
+        m = one_med(builder, mr("g2", concept=cc(RXNORM, "900001"), dosageInstruction=[stated]))
+        assert m["dose"]["route"] == "oral"
+        unreadable = {"route": {"text": "per sonde"}}  # an unreadable route is not papered over
+        m = one_med(builder, mr("g3", concept=cc(RXNORM, "900001"), dosageInstruction=[unreadable]))
+        assert m["dose"]["route"] is None
+        assert any("route not recognised" in p for p in m["dose"]["problems"])
+        assert one_med(builder, mr("a1", concept=cc(ATC, "M01AE01")))["dose"]["route"] is None  # no product: no guess
+
+    def test_a_name_with_two_atc_rows_is_one_ingredient(self, builder: ContextBuilder) -> None:
+        m = one_med(builder, mr("a1", concept=cc(text="Methotrexate 2.5 mg tablets")))
+        assert m["name"] == "methotrexate" and m["rxnorm"] == ["6851"]
+        assert m["atc"] == ["L01BA01", "L04AX03"]
 
     def test_unknown_rxnorm_is_not_identified(self, builder: ContextBuilder) -> None:
         m = one_med(builder, mr("a1", concept=cc(RXNORM, "99999999")))
@@ -543,6 +598,21 @@ class TestObservations:
         assert o["9279-1"][0]["value"] == 22.0
         assert o["X-1"][0]["value"] == "positive"
         assert "8310-5" not in o  # not a LOINC coding
+
+    def test_snomed_coding_filed_under_its_mapped_loinc_key(self, builder: ContextBuilder) -> None:
+        def rr(rid: str, codings: list[dict[str, str]], value: int, when: str) -> dict[str, Any]:
+            return {"resourceType": "Observation", "id": rid, "status": "final", "code": {"coding": codings},
+                    "effectiveDateTime": when, "valueQuantity": {"value": value, "unit": "/min", "system": UCUM, "code": "/min"}}
+
+        res = [
+            patient(),
+            rr("s1", [{"system": SCT, "code": "86290005"}], 24, "2024-06-15T11:00:00Z"),  # SNOMED only (mapped)
+            rr("b1", [{"system": LOINC, "code": "9279-1"}, {"system": SCT, "code": "86290005"}], 18, "2024-06-15T10:00:00Z"),
+            rr("u1", [{"system": SCT, "code": "364075005"}], 99, "2024-06-15T11:30:00Z"),  # SNOMED, no row: not filed
+        ]
+        o = build(builder, res).facts()["obs"]
+        assert [x["value"] for x in o["9279-1"]] == [24.0, 18.0]  # both codings -> filed once
+        assert "86290005" not in o and "364075005" not in o
 
 
 # --------------------------------------------------------------------------- conditions

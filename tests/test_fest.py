@@ -110,7 +110,7 @@ CASES = textwrap.dedent(
         orders: [{id: new, atc: Z01AA01, text: Synthetic new drug 10 mg}]
         expect:
           cards:
-            - {rule: fest-not-assessed, indicator: info, summary: "Z01AA01: not assessed for interactions in FEST",
+            - {rule: fest-not-assessed, indicator: info, summary: "Synthetic new drug 10 mg: not assessed for interactions in FEST",
                detail_contains: "has **not assessed** Synthetic new drug 10 mg (ATC Z01AA01)"}
       - name: Norwegian not-assessed text
         locale: nb

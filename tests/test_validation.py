@@ -714,3 +714,30 @@ def test_a_case_outside_the_pack_s_life_fails_instead_of_passing_vacuously(repo:
     [case], _ = load_cases(tests)
     r = run_case(rs, pack, case)
     assert not r.passed and "not in force" in r.failures[0]
+
+
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        ("L01BA01;L04AX3", "'L04AX3' is not an ATC code"),
+        ("L01BA01;l04ax03", "'l04ax03' is not an ATC code"),
+        ("L01BA01;L01BA01", "lists an ATC code twice"),
+    ],
+    ids=["malformed-item", "lower-case-item", "duplicate-item"],
+)
+def test_atc_list_column_checks_every_item(tmp_path: Path, value: str, fragment: str) -> None:
+    from cds.engine.knowledge import load_table
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.meta.yaml").write_text(
+        "id: t/x\ntitle: x\nrelease: '1'\nkey: id\ncolumns:\n"
+        "  id: {type: code, required: true, unique: true}\n"
+        "  atc: {type: atc_list, required: true}\n"
+        "  source: {type: text, required: true}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "t" / "x.csv").write_text(f"id,atc,source\nok,N02BE01;M01A,s\nbad,{value},s\n", encoding="utf-8")
+    table, problems = load_table(tmp_path, "t/x")
+    errors = [p for p in problems if p.severity == "error"]
+    assert [(Path(p.file).name, p.line, p.col) for p in errors] == [("x.csv", 3, 2)]
+    assert fragment in errors[0].message

@@ -18,15 +18,23 @@ from cds.yamlio import Problem
 ATC_SYSTEMS = {"http://www.whocc.no/atc", "urn:oid:2.16.578.1.12.4.1.1.7180"}
 RXNORM_SYSTEMS = {"http://www.nlm.nih.gov/research/umls/rxnorm"}
 
-CODE_TABLES = ("codes/rxnorm-ingredients", "codes/rxnorm-products", "codes/atc-substances")
+CODE_TABLES = ("codes/rxnorm-ingredients", "codes/rxnorm-products", "codes/atc-substances", "codes/observation-codes")
+
+#: code systems of observation codings, by the short name the observation-codes table uses
+OBS_SYSTEMS = {"http://snomed.info/sct": "snomed", "http://loinc.org": "loinc"}
 
 
 @dataclass(frozen=True)
 class Ingredient:
     name: str
-    atc: str | None
+    atc: str | None  # the primary ATC code (the record's own, else the first in the table)
     rxnorm: str | None
     via: str  # atc | rxnorm-in | rxnorm-product | name
+    atcs: tuple[str, ...] = ()  # every ATC code of the ingredient (atc first)
+
+    @property
+    def all_atc(self) -> tuple[str, ...]:
+        return self.atcs or ((self.atc,) if self.atc else ())
 
 
 class CodeMaps:
@@ -36,7 +44,13 @@ class CodeMaps:
         prod = tables.get("codes/rxnorm-products")
         subst = tables.get("codes/atc-substances")
         self._in: dict[str, dict[str, Any]] = {r["rxcui"]: r for r in (ing.rows if ing else [])}
-        self._atc_to_in: dict[str, str] = {r["atc"]: r["rxcui"] for r in (ing.rows if ing else []) if r.get("atc")}
+        # an ingredient may have several ATC codes (methotrexate L01BA01 and L04AX03)
+        self._atc_to_in: dict[str, str] = {}
+        for r in ing.rows if ing else []:
+            for a in r.get("atc") or []:
+                self._atc_to_in.setdefault(a, r["rxcui"])
+        obs = tables.get("codes/observation-codes")
+        self._obs_keys: dict[tuple[str, str], str] = {(r["system"], r["code"]): r["key"] for r in (obs.rows if obs else [])}
         self._prod: dict[str, dict[str, Any]] = {r["rxcui"]: r for r in (prod.rows if prod else [])}
         self._atc_names: dict[str, str] = {}
         self._names: list[tuple[re.Pattern[str], str, str]] = []  # (pattern, atc, display name)
@@ -63,32 +77,62 @@ class CodeMaps:
     def atc_name(self, atc: str) -> str | None:
         return self._atc_names.get(atc)
 
-    def from_coding(self, system: str | None, code: str | None) -> list[Ingredient]:
+    def obs_key(self, system: str | None, code: str | None) -> str | None:
+        """The key an observation coding is filed under in the patient facts (``obs.<key>``): a
+        LOINC code as is; another code (SNOMED CT) only through a row of codes/observation-codes."""
+        short = OBS_SYSTEMS.get(system or "")
+        if short is None or not code:
+            return None
+        return self._obs_keys.get((short, code)) or (code if short == "loinc" else None)
+
+    def product_route(self, system: str | None, code: str | None) -> str | None:
+        """Route keyword of an RxNorm product from its dose form (codes/rxnorm-products route)."""
+        if system in RXNORM_SYSTEMS and code in self._prod:
+            return self._prod[code].get("route") or None
+        return None
+
+    def _from_in(self, rx: str, via: str, first_atc: str | None = None) -> Ingredient:
+        r = self._in[rx]
+        atcs = list(r.get("atc") or [])
+        if first_atc:
+            atcs = [first_atc, *(a for a in atcs if a != first_atc)]
+        return Ingredient(r["name"], atcs[0] if atcs else None, rx, via, tuple(atcs))
+
+    def from_coding(self, system: str | None, code: str | None, display: str | None = None) -> list[Ingredient]:
         if not system or not code:
             return []
         if system in ATC_SYSTEMS:
             rx = self._atc_to_in.get(code)
-            name = self._atc_names.get(code) or (self._in[rx]["name"] if rx else code)
-            return [Ingredient(name, code, rx, "atc")]
+            if rx is not None:
+                ing = self._from_in(rx, "atc", first_atc=code)
+                name = self._atc_names.get(code) or ing.name
+                return [Ingredient(name, code, rx, "atc", ing.atcs)]
+            # an ATC code with no name in the tables keeps the record's own text, never the bare code
+            name = self._atc_names.get(code) or (display.strip() if display and display.strip() else code)
+            return [Ingredient(name, code, None, "atc", (code,))]
         if system in RXNORM_SYSTEMS:
             if code in self._in:
-                r = self._in[code]
-                return [Ingredient(r["name"], r.get("atc"), code, "rxnorm-in")]
+                return [self._from_in(code, "rxnorm-in")]
             if code in self._prod:
-                out = []
-                for rx in self._prod[code]["ingredients"]:
-                    r = self._in.get(rx)
-                    if r is not None:
-                        out.append(Ingredient(r["name"], r.get("atc"), rx, "rxnorm-product"))
-                return out
+                return [self._from_in(rx, "rxnorm-product") for rx in self._prod[code]["ingredients"] if rx in self._in]
         return []
 
     def from_text(self, text: str | None) -> list[Ingredient]:
         if not text:
             return []
         low = text.lower()
+        # one ingredient per substance: a substance with several ATC codes (methotrexate
+        # L01BA01/L04AX03, fentanyl N02AB03/N01AH01) has one name row per code
         found: dict[str, Ingredient] = {}
         for pat, atc, name in self._names:
-            if atc not in found and pat.search(low):
-                found[atc] = Ingredient(name, atc, self._atc_to_in.get(atc), "name")
+            rx = self._atc_to_in.get(atc)
+            key = rx or name.lower()
+            known = found.get(key)
+            if known is not None and atc in known.all_atc or not pat.search(low):
+                continue
+            if known is not None:
+                found[key] = Ingredient(known.name, known.atc, rx, "name", (*known.all_atc, atc))
+            else:
+                atcs = self._from_in(rx, "name", first_atc=atc).atcs if rx else (atc,)
+                found[key] = Ingredient(name, atc, rx, "name", atcs)
         return list(found.values())

@@ -18,7 +18,6 @@ from cds.context.dosage import StructuredDose, parse_dosage
 from cds.context.units import UnitError, parse_strength, weight_to_kg
 from cds.hooks.models import FHIR_ID
 
-LOINC = "http://loinc.org"
 WEIGHT_CODES = ("29463-7", "3141-9")
 HEIGHT_CODES = ("8302-2",)
 GEST_AGE_AT_BIRTH = "76516-4"
@@ -97,7 +96,7 @@ class MedFact:
             "selected": self.selected,
             "display": self.display,
             "name": self.name,
-            "atc": [i.atc for i in self.ingredients if i.atc],
+            "atc": list(dict.fromkeys(a for i in self.ingredients for a in i.all_atc)),
             "rxnorm": [i.rxnorm for i in self.ingredients if i.rxnorm],
             "via": sorted({i.via for i in self.ingredients}),
             "by_name": any(i.via == "name" for i in self.ingredients),
@@ -386,13 +385,14 @@ class ContextBuilder:
                 cc = med_res.get("code")
         ingredients: list[Ingredient] = []
         for c in _codings(cc):
-            ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code")))
+            ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code"), _s(c.get("display")) or _text(cc)))
             if ingredients:
                 break
         if not ingredients and med_res is not None:
             for ing in med_res.get("ingredient") or []:
-                for c in _codings(ing.get("itemCodeableConcept") if isinstance(ing, dict) else None):
-                    ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code")))
+                item = ing.get("itemCodeableConcept") if isinstance(ing, dict) else None
+                for c in _codings(item):
+                    ingredients.extend(self.codes.from_coding(c.get("system"), c.get("code"), _s(c.get("display")) or _text(item)))
         display = _text(cc) or "unnamed medication"
         if not ingredients:
             ingredients = self.codes.from_text(_text(cc))
@@ -402,6 +402,12 @@ class ContextBuilder:
                 problems.append("medication could not be identified (no known code, name not recognised)")
         dosage = r.get("dosageInstruction") if r.get("resourceType") == "MedicationRequest" else r.get("dosage")
         dose = parse_dosage(dosage, strength_mg_per_ml=self._strength(med_res))
+        if dose.route is None and not any("route" in p for p in dose.problems if p != "no route stated"):
+            # the dosage states no route: the RxNorm product's dose form may name one ("Topical Gel");
+            # an unreadable or conflicting route in the dosage is left as it is
+            route = next((rt for c in _codings(cc) if (rt := self.codes.product_route(c.get("system"), c.get("code")))), None)
+            if route is not None:
+                dose = dose.model_copy(update={"route": route, "problems": [p for p in dose.problems if p != "no route stated"]})
         ref = f"{r['resourceType']}/{_id(r)}" if _id(r) else None
         return MedFact(ref, r["resourceType"], _s(r.get("status")), origin, selected, display, ingredients, dose, r, problems)
 
@@ -429,7 +435,10 @@ class ContextBuilder:
         out: dict[str, list[Obs]] = {}
 
         def add(code_cc: Any, holder: dict[str, Any], when: datetime | None) -> None:
-            codes = [c.get("code") for c in _codings(code_cc) if c.get("system") == LOINC and isinstance(c.get("code"), str)]
+            # filed under its LOINC codes and under the LOINC key of any SNOMED CT coding the
+            # code tables map (codes/observation-codes), once per key
+            keys = (self.codes.obs_key(_s(c.get("system")), c.get("code") if isinstance(c.get("code"), str) else None) for c in _codings(code_cc))
+            codes = list(dict.fromkeys(k for k in keys if k))
             if not codes:
                 return
             value: float | str | None = None

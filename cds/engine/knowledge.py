@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cds.yamlio import Problem, YamlError, load_yaml, validate_model
 
 ATC_RE = re.compile(r"^[A-Z](\d\d([A-Z]([A-Z](\d\d)?)?)?)?$")
-ColumnType = Literal["text", "code", "atc", "int", "decimal", "bool", "enum", "date", "list"]
+ColumnType = Literal["text", "code", "atc", "atc_list", "int", "decimal", "bool", "enum", "date", "list"]
 
 
 class Column(BaseModel):
@@ -107,6 +107,15 @@ def _convert(raw: str, col: Column) -> Any:
         return date.fromisoformat(raw).isoformat()
     if t == "list":
         return [p.strip() for p in raw.split(";") if p.strip()]
+    if t == "atc_list":
+        codes = [p.strip() for p in raw.split(";") if p.strip()]
+        bad = [c for c in codes if not ATC_RE.match(c)]
+        if bad:
+            what = "is not an ATC code" if len(bad) == 1 else "are not ATC codes"
+            raise ValueError(f"{', '.join(map(repr, bad))} {what} (e.g. N02BE01, or a class such as N06AA)")
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"{raw!r} lists an ATC code twice")
+        return codes
     raise ValueError(f"unknown column type {t}")
 
 

@@ -158,10 +158,14 @@ class TerseProcedure(_T):
 
 
 class TerseObservation(_T):
-    """An observation (lab value, vital sign) coded with LOINC."""
+    """An observation (lab value, vital sign) coded with LOINC, SNOMED CT or both."""
 
     loinc: _ID = Field(default=None, description="LOINC code, e.g. 2160-0 (creatinine); rules read it as obs.<code>")
     code: _ID = Field(default=None, description="Same as loinc")
+    snomed: _ID = Field(
+        default=None,
+        description="SNOMED CT observable (as Norwegian VKP profiles send it), alone or beside loinc; rules see it under the LOINC key codes/observation-codes maps it to",
+    )
     id: _ID = Field(default=None, description="Resource id (default obs-1, obs-2 …)")
     status: Literal["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"] = Field(
         default="final", description="registered, cancelled and entered-in-error observations are ignored"
@@ -374,7 +378,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "key": "Column identifying a row in `cds packs diff` (default: id).",
     },
     "Column": {
-        "type": "text | code | atc | int | decimal | bool | enum | date | list (';'-separated).",
+        "type": "text | code | atc | atc_list (';'-separated ATC codes, each checked) | int | decimal | bool | enum | date | list (';'-separated).",
         "required": "An empty cell is an error.",
         "unique": "A value may occur only once in the column.",
         "values": "For enum: the allowed values (exact, case-sensitive).",
@@ -763,7 +767,7 @@ def _patch_tests(s: dict[str, Any]) -> None:
     for key in [k for k, v in tp.items() if v.get("type") == "array"]:
         tp[f"{key}+"] = {**copy.deepcopy(tp[key]), "description": f"Append to the fixture's {key} (instead of replacing them)."}
     d["TerseCondition"]["anyOf"] = [{"required": ["icd10"]}, {"required": ["icpc2"]}, {"required": ["snomed"]}]
-    d["TerseObservation"]["anyOf"] = [{"required": ["loinc"]}, {"required": ["code"]}]
+    d["TerseObservation"]["anyOf"] = [{"required": ["loinc"]}, {"required": ["code"]}, {"required": ["snomed"]}]
     d["TersePatient"]["not"] = {"required": ["birthDate", "age"]}
     d[MATRIX_VAR] = {
         "description": "A matrix variable, e.g. ${dose} or ${case.dose}: replaced by the value (keeping its type).",

@@ -165,12 +165,19 @@ def _dosage(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def observation(spec: dict[str, Any], *, patient_id: str, idx: int, now: datetime) -> dict[str, Any]:
-    code = str(spec.get("loinc") or spec.get("code"))
+    disp = {"display": spec["display"]} if spec.get("display") else {}
+    codings = []
+    if spec.get("loinc") or spec.get("code"):
+        codings.append({"system": LOINC, "code": str(spec.get("loinc") or spec.get("code")), **disp})
+    if spec.get("snomed"):
+        codings.append({"system": SCT, "code": str(spec["snomed"]), **({} if codings else disp)})
+    if not codings:
+        raise FixtureError(f"observation needs loinc or snomed: {spec!r}")
     res: dict[str, Any] = {
         "resourceType": "Observation",
         "id": str(spec.get("id", f"obs-{idx}")),
         "status": spec.get("status", "final"),
-        "code": {"coding": [{"system": LOINC, "code": code, **({"display": spec["display"]} if spec.get("display") else {})}]},
+        "code": {"coding": codings},
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": _iso(parse_when(spec.get("at", "-1h"), now)),
     }
