@@ -255,9 +255,10 @@ def scale_tables(rs: RuleSet, src: Path, dst: Path, factor: int, patient_atc: se
                 for col, spec in table.meta.columns.items():
                     v = row.get(col, "")
                     parts = [p.strip() for p in v.split(";") if p.strip()]
-                    if (col in join or spec.type == "atc") and parts:
-                        if all(ATC_RE.match(p) for p in parts):  # codes from other ATC classes
-                            new[col] = ";".join(next(fictitious) if spec.unique else rnd.choice(pool) for _ in parts)
+                    if (col in join or spec.type in ("atc", "atc_list")) and parts:
+                        if all(ATC_RE.match(p) for p in parts):  # codes from other ATC classes (no repeats in a cell)
+                            codes = [next(fictitious) for _ in parts] if spec.unique else rnd.sample(pool, min(len(parts), len(pool)))
+                            new[col] = ";".join(codes)
                         else:  # another code system (e.g. ICD-10): codes no patient has
                             new[col] = ";".join(f"SYN{k}{p}" for p in parts)
                     elif v and (spec.unique or (col == "parameter" and spec.type in ("code", "text"))):

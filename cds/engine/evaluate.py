@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import datalogic_py as dl
+import orjson
 
 from cds.engine.functions import OPERATOR_NAMES, atc_in
 from cds.engine.loader import CompiledRule, LoadedPack, lookup_codes
@@ -210,6 +211,9 @@ def evaluate_pack(
     if pack.extracts:
         facts = {**facts, "extract": extract_values(pack, resources or [])}
     truthy = pack.engine.truthy
+    # shared lets (the same expression in several rules): one result per distinct input
+    memo: dict[tuple[str, bytes], Any] = {}
+    shared = pack.shared_lets
     for rule in pack.rules:
         if hook not in rule.defn.hooks:
             continue
@@ -227,7 +231,20 @@ def evaluate_pack(
                         trace.evaluations.append({**_summarise(binds, line), "when": False, "guard": False, "fired": False, "reads": _reads(rule, data)})
                     continue
                 for name, expr in rule.lets:
-                    lets[name] = expr.evaluate(slice_data(data, rule.paths[name]))
+                    arg = slice_data(data, rule.paths[name])
+                    key = shared.get((rule.id, name))
+                    if key is None:
+                        lets[name] = expr.evaluate(arg)
+                        continue
+                    try:
+                        mk = (key, orjson.dumps(arg, option=orjson.OPT_SORT_KEYS))
+                    except TypeError:  # not JSON data: computed, not memoised
+                        lets[name] = expr.evaluate(arg)
+                        continue
+                    if mk in memo:
+                        lets[name] = memo[mk]
+                    else:
+                        lets[name] = memo[mk] = expr.evaluate(arg)
                 fired = truthy(rule.when.evaluate(slice_data(data, rule.paths["when"])))
                 sev = rule.severity.evaluate(slice_data(data, rule.paths["severity"])) if fired else None
             except dl.DataLogicError as e:

@@ -99,6 +99,17 @@ class LoadedPack:
     test_files: list[Path]
     extracts: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name → (resource type, compiled FHIRPath)
     row_hits: RowHits = field(default_factory=RowHits)  # rows matched by band/classify (pack tests only)
+    shared_lets: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(rule id, let name) → the let's canonical expression, for lets whose expression occurs
+    in more than one rule of the pack (a YAML anchor such as ``let: *padua``). Lets are pure, so
+    within one evaluation of the pack a shared let computed from the same inputs is computed once."""
+
+    def __post_init__(self) -> None:
+        seen: dict[str, list[tuple[int, str]]] = {}
+        for r in self.rules:
+            for name, expr in r.defn.let.items():
+                seen.setdefault(json.dumps(expr, sort_keys=True, default=str), []).append((r.id, name))
+        self.shared_lets = {at: key for key, ats in seen.items() if len(ats) > 1 for at in ats}
 
     @property
     def id(self) -> str:
