@@ -132,3 +132,28 @@ def test_common_products_exist_for_the_pack_drugs(maps: CodeMaps) -> None:
         if not any(by_ingredient.get(x) for x in rx) and atc != "J01EE01":  # J01EE01: MIN, products map to SMX + TMP
             without.add(atc)
     assert without == set(NO_PRODUCT), f"new: {sorted(without - set(NO_PRODUCT))}; resolved: {sorted(set(NO_PRODUCT) - without)}"
+
+
+LOCAL_FORM = ("ophthalmic", "otic", "shampoo", "topical", "vaginal", " cream", "ointment", "lotion")
+#: ATC groups for systemic use that interaction, dosing and pathway rules match on
+SYSTEMIC = ("H02", "J01", "J02", "J04", "J05", "M01", "L04", "N02", "C01", "B01")
+
+
+def test_products_for_local_use_never_carry_a_systemic_atc(maps: CodeMaps) -> None:
+    """Ketoconazole shampoo is not systemic ketoconazole, hydrocortisone cream not a systemic
+    corticosteroid: local products carry their own ATC (D01AC08, D07AA02) or are not listed."""
+    checked = 0
+    for r in _rows("codes/rxnorm-products"):
+        name = r["name"].lower()
+        if not any(w in name for w in LOCAL_FORM) or "transdermal" in name:
+            continue
+        checked += 1
+        atcs = [a for i in maps.from_coding(RXNORM, r["rxcui"]) for a in i.all_atc]
+        assert not [a for a in atcs if a.startswith(SYSTEMIC)], (r["rxcui"], r["name"], atcs)
+    assert checked > 30
+
+
+def test_local_atc_only_on_single_ingredient_products() -> None:
+    for r in _rows("codes/rxnorm-products"):
+        if r["atc"]:
+            assert ";" not in r["ingredients"], r

@@ -81,11 +81,14 @@ def code_maps(tmp_path_factory: pytest.TempPathFactory) -> CodeMaps:
             "ingredients": {"type": "list", "required": True},
             "strength": {"type": "text"},
             "route": {"type": "enum", "values": ["oral", "topical"]},
+            "atc": {"type": "atc_list"},
             "source": {"type": "text", "required": True},
         },
         [
             {"rxcui": "197806", "tty": "SCD", "name": "ibuprofen 400 MG Oral Tablet", "ingredients": "5640", "strength": "400 MG", "route": "oral", "source": src},
             {"rxcui": "900001", "tty": "SCD", "name": "ibuprofen 50 MG/ML Topical Gel (fixture)", "ingredients": "5640", "strength": "", "route": "topical", "source": src},
+            {"rxcui": "900002", "tty": "SCD", "name": "ibuprofen 50 MG/ML Topical Foam (fixture)", "ingredients": "5640", "strength": "", "route": "topical",
+             "atc": "M02AA13", "source": src},
             {
                 "rxcui": "562508",
                 "tty": "SCD",
@@ -340,6 +343,11 @@ class TestIdentification:
         assert m["dose"]["route"] is None
         assert any("route not recognised" in p for p in m["dose"]["problems"])
         assert one_med(builder, mr("a1", concept=cc(ATC, "M01AE01")))["dose"]["route"] is None  # no product: no guess
+
+    def test_a_product_for_local_use_carries_its_own_atc(self, builder: ContextBuilder) -> None:
+        m = one_med(builder, mr("f1", concept=cc(RXNORM, "900002")))
+        assert m["atc"] == ["M02AA13"]  # not the systemic M01AE01 of the ingredient
+        assert m["rxnorm"] == ["5640"] and m["name"] == "ibuprofen" and m["via"] == ["rxnorm-product"]
 
     def test_a_name_with_two_atc_rows_is_one_ingredient(self, builder: ContextBuilder) -> None:
         m = one_med(builder, mr("a1", concept=cc(text="Methotrexate 2.5 mg tablets")))

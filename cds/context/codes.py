@@ -114,7 +114,15 @@ class CodeMaps:
             if code in self._in:
                 return [self._from_in(code, "rxnorm-in")]
             if code in self._prod:
-                return [self._from_in(rx, "rxnorm-product") for rx in self._prod[code]["ingredients"] if rx in self._in]
+                prod = self._prod[code]
+                ings = [self._from_in(rx, "rxnorm-product") for rx in prod["ingredients"] if rx in self._in]
+                local = prod.get("atc") or []
+                if local and len(ings) == 1:
+                    # a product for local use (eye drops, skin cream) has its own ATC code, not the
+                    # ingredient's systemic ones: ketoconazole shampoo is D01AC08, never J02AB02
+                    i = ings[0]
+                    return [Ingredient(i.name, local[0], i.rxnorm, i.via, tuple(local))]
+                return ings
         return []
 
     def from_text(self, text: str | None) -> list[Ingredient]:
