@@ -320,7 +320,7 @@ class TestIdentification:
 
     def test_second_atc_code_of_an_ingredient(self, builder: ContextBuilder) -> None:
         m = one_med(builder, mr("a1", concept=cc(ATC, "L04AX03", display="Metoject")))
-        assert m["atc"] == ["L04AX03", "L01BA01"]  # the record's own code first
+        assert m["atc"] == ["L04AX03"]  # an ATC code is exact: not widened to the ingredient's other codes
         assert m["rxnorm"] == ["6851"] and m["via"] == ["atc"]
 
     def test_atc_without_a_name_keeps_the_records_text(self, builder: ContextBuilder) -> None:

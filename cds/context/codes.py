@@ -104,9 +104,10 @@ class CodeMaps:
         if system in ATC_SYSTEMS:
             rx = self._atc_to_in.get(code)
             if rx is not None:
-                ing = self._from_in(rx, "atc", first_atc=code)
-                name = self._atc_names.get(code) or ing.name
-                return [Ingredient(name, code, rx, "atc", ing.atcs)]
+                # the record's ATC code is exact (it also says the use: D07AA02 is hydrocortisone
+                # for the skin, H02AB09 systemic), so it is not widened to the ingredient's other codes
+                name = self._atc_names.get(code) or self._in[rx]["name"]
+                return [Ingredient(name, code, rx, "atc", (code,))]
             # an ATC code with no name in the tables keeps the record's own text, never the bare code
             name = self._atc_names.get(code) or (display.strip() if display and display.strip() else code)
             return [Ingredient(name, code, None, "atc", (code,))]
