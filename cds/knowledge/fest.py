@@ -295,8 +295,8 @@ key: id
 columns:
   id: {{type: code, required: true, unique: true, description: "FEST Interaksjon Id (#n when it has more than two substance groups)"}}
   catalogue: {{type: enum, required: true, values: [fest]}}
-  a_atc: {{type: list, required: true}}
-  b_atc: {{type: list, required: true}}
+  a_atc: {{type: atc_list, required: true}}
+  b_atc: {{type: atc_list, required: true}}
   relevance: {{type: enum, required: true, values: ["1", "2", "3"]}}
   action_en: {{type: text, required: true}}
   action_nb: {{type: text, required: true}}
