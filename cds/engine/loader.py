@@ -105,7 +105,7 @@ class LoadedPack:
     within one evaluation of the pack a shared let computed from the same inputs is computed once."""
 
     def __post_init__(self) -> None:
-        seen: dict[str, list[tuple[int, str]]] = {}
+        seen: dict[str, list[tuple[str, str]]] = {}
         for r in self.rules:
             for name, expr in r.defn.let.items():
                 seen.setdefault(json.dumps(expr, sort_keys=True, default=str), []).append((r.id, name))
