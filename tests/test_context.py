@@ -301,6 +301,13 @@ class TestIdentification:
         assert m["identified"] is True
         assert any("name only" in p for p in m["problems"])
 
+    @pytest.mark.parametrize("text", ["Ibuprofen gel 5 % krem", "ibuprofen cream", "Paracetamol øyedråper", "warfarin eye drops (test)"])
+    def test_a_local_preparation_is_not_recognised_by_name(self, builder: ContextBuilder, text: str) -> None:
+        # the name would give the systemic ATC code, which a local preparation does not have
+        m = one_med(builder, mr("a1", concept=cc(text=text)))
+        assert m["identified"] is False and m["atc"] == []
+        assert any("could not be identified" in p for p in m["problems"])
+
     def test_name_match_needs_a_whole_word(self, builder: ContextBuilder) -> None:
         m = one_med(builder, mr("a1", concept=cc(text="Paracetamolum-X mixture")))
         assert m["identified"] is False

@@ -37,6 +37,18 @@ class Ingredient:
         return self.atcs or ((self.atc,) if self.atc else ())
 
 
+#: Dose-form words (English and Norwegian) that say a preparation is for local use. A medication
+#: recognised only by its name cannot be given a local ATC code, and its ingredient's systemic code
+#: would be wrong (ketoconazole shampoo is not systemic ketoconazole): such a text is left
+#: unrecognised, so the record gets the "not checked" notice instead of a wrong interaction.
+LOCAL_FORM_WORDS = re.compile(
+    r"(?<![\w-])(shampoo|sjampo|cream|krem|ointment|salve|lotion|liniment|topical|kutan|utvortes|"
+    r"eye ?drops?|øyedråper|ophthalmic|øye(?:salve|gel)|ear ?drops?|øredråper|otic|vaginal\w*|vagitor\w*|"
+    r"nasal spray|nesespray|inhaler|inhalasjon\w*|inhalation|mouthwash|munnskyll\w*)(?![\w-])",
+    re.IGNORECASE,
+)
+
+
 class CodeMaps:
     def __init__(self, tables: dict[str, Table]) -> None:
         self.tables = tables
@@ -127,7 +139,7 @@ class CodeMaps:
         return []
 
     def from_text(self, text: str | None) -> list[Ingredient]:
-        if not text:
+        if not text or LOCAL_FORM_WORDS.search(text):
             return []
         low = text.lower()
         # one ingredient per substance: a substance with several ATC codes (methotrexate
