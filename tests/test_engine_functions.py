@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections.abc import Iterator, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from cds.engine.functions import (
     ATC_LEVELS,
     FUNCTIONS,
     OPERATOR_NAMES,
+    add_days,
     atc_in,
     band,
     days_between,
@@ -203,6 +205,37 @@ class TestBetween:
         assert days_between("2024-01-01", g) is None
         assert hours_between(g, "2024-01-01") is None
         assert hours_between("2024-01-01", g) is None
+
+
+class TestAddDays:
+    def test_calendar_dates(self) -> None:
+        assert add_days("2024-02-27", 2) == "2024-02-29"  # leap year
+        assert add_days("2023-02-27", 2) == "2023-03-01"
+        assert add_days("2026-12-30", 3) == "2027-01-02"
+        assert add_days("2024-03-01", -1) == "2024-02-29"
+        assert add_days("2024-03-01", 0) == "2024-03-01"
+        assert add_days("2024-03-01", 7.0) == "2024-03-08"  # JSON numbers arrive as floats
+
+    def test_a_time_counts_from_its_utc_date(self) -> None:
+        assert add_days("2024-01-01T23:30:00Z", 1) == "2024-01-02"
+        assert add_days("2024-01-02T00:30:00+02:00", 1) == "2024-01-02"  # 2024-01-01T22:30Z
+
+    @pytest.mark.parametrize("n", [None, True, "3", 1.5, float("nan"), float("inf"), [], {}])
+    def test_days_must_be_a_whole_number(self, n: Any) -> None:
+        assert add_days("2024-01-01", n) is None
+
+    @pytest.mark.parametrize("g", [*GARBAGE, "2024-13-01", "2024-06", "yesterday"])
+    def test_garbage_date(self, g: Any) -> None:
+        assert add_days(g, 1) is None
+
+    def test_out_of_range(self) -> None:
+        assert add_days("9999-12-31", 1) is None
+
+    @given(st.dates(min_value=date(1900, 1, 1), max_value=date(2200, 12, 31)), st.integers(min_value=-40000, max_value=40000))
+    def test_inverse_of_days_between(self, d: date, n: int) -> None:
+        out = add_days(d.isoformat(), n)
+        assert out is not None
+        assert days_between(d.isoformat(), out) == float(n)
 
 
 # --------------------------------------------------------------------------- latest

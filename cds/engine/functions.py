@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 import math
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation, ROUND_FLOOR
 from typing import Any, Callable
 
@@ -99,6 +99,18 @@ def days_between(a: Any, b: Any) -> float | None:
     if da is None or db is None:
         return None
     return float((db.date() - da.date()).days)
+
+
+def add_days(a: Any, n: Any) -> str | None:
+    """The calendar date (YYYY-MM-DD, UTC) ``n`` whole days after date/time ``a`` (before, when
+    ``n`` is negative); null when ``a`` is not a date/time or ``n`` is not a whole number."""
+    da = _parse(a)
+    if da is None or isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n != int(n):
+        return None
+    try:
+        return (da.date() + timedelta(days=int(n))).isoformat()
+    except OverflowError:
+        return None
 
 
 def hours_between(a: Any, b: Any) -> float | None:
@@ -296,6 +308,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "has_condition": (has_condition, "[conditions, system, prefixes] → true if any active condition matches"),
     "days_between": (days_between, "[from, to] → calendar days between two dates/times"),
     "hours_between": (hours_between, "[from, to] → hours between two times"),
+    "add_days": (add_days, "[date, days] → the calendar date that many days later (YYYY-MM-DD), or null"),
     "latest": (latest, "[observations, max_age_hours] → newest observation within the window, or null"),
     "first_coded": (first_coded, "[items, codes, not_before?] → earliest time of an item with any of the codes, or null"),
     "per_kg": (per_kg, "[amount, weight_kg] → amount per kg, or null when either is missing"),
