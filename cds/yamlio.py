@@ -156,3 +156,14 @@ def validate_model(
                 msg = f"missing {loc[-1]} text (required: every text needs both nb and en)"
             problems.append(doc.problem(loc, f"{where}: {msg}", key=unknown))
         return None, problems
+
+
+def load_model(path: Path, model: type[M]) -> tuple[Located | None, M | None, list[Problem]]:
+    """Load a YAML file and validate it against ``model``: (document, model, problems). The
+    document is None when the file cannot be read or parsed (the problem says where)."""
+    try:
+        doc = load_yaml(path)
+    except YamlError as e:
+        return None, None, [e.problem]
+    obj, problems = validate_model(model, doc)
+    return doc, obj, problems

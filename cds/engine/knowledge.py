@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from cds.yamlio import Problem, YamlError, load_yaml, validate_model
+from cds.yamlio import Problem, load_model
 
 ATC_RE = re.compile(r"^[A-Z](\d\d([A-Z]([A-Z](\d\d)?)?)?)?$")
 ColumnType = Literal["text", "code", "atc", "atc_list", "int", "decimal", "bool", "enum", "date", "list"]
@@ -127,12 +127,8 @@ def load_table(knowledge_dir: Path, table_id: str) -> tuple[Table | None, list[P
         return None, [Problem(str(csv_path), 1, 1, f"knowledge table {table_id!r}: file not found")]
     if not meta_path.is_file():
         return None, [Problem(str(meta_path), 1, 1, f"knowledge table {table_id!r}: meta file not found")]
-    try:
-        doc = load_yaml(meta_path)
-    except YamlError as e:
-        return None, [e.problem]
-    meta, errs = validate_model(TableMeta, doc)
-    if meta is None:
+    doc, meta, errs = load_model(meta_path, TableMeta)
+    if doc is None or meta is None:
         return None, errs
     if meta.id != table_id:
         problems.append(doc.problem(["id"], f"id {meta.id!r} must equal the file path {table_id!r}"))

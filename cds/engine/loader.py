@@ -22,7 +22,7 @@ from cds.cards.templates import FILTERS, SUMMARY_TEXT, literal_length, placehold
 from cds.engine.functions import ARITY, ATC_LEVELS, TABLE_FUNCTIONS, RowHits, operators
 from cds.engine.knowledge import KnowledgeCache, Table
 from cds.engine.pack import CardsFile, CardTpl, Manifest, RuleDef, RulesFile
-from cds.yamlio import Located, Problem, YamlError, load_yaml, pointer_to_loc, validate_model
+from cds.yamlio import Located, Problem, load_model, pointer_to_loc
 
 # The shape of what rules can read: a dict maps names to their shapes; None = any value (a
 # leaf, a list, or a map keyed by codes). Paths are checked at load, so `item.dose.mgg` or
@@ -171,12 +171,8 @@ class _Ctx:
 
 def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None, list[Problem]]:
     mpath = pack_dir / "pack.yaml"
-    try:
-        mdoc = load_yaml(mpath)
-    except YamlError as e:
-        return None, [e.problem]
-    manifest, problems = validate_model(Manifest, mdoc)
-    if manifest is None:
+    mdoc, manifest, problems = load_model(mpath, Manifest)
+    if mdoc is None or manifest is None:
         return None, problems
 
     # ---- knowledge tables
@@ -213,15 +209,11 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
     cards: dict[str, CardTpl] | None = {}
     cards_doc: Located | None = None
     cpath = pack_dir / manifest.cards
-    try:
-        cards_doc = load_yaml(cpath)
+    cards_doc, cf, errs = load_model(cpath, CardsFile)
+    problems.extend(errs)
+    if cards_doc is not None:
         files.append(cpath)
-        cf, errs = validate_model(CardsFile, cards_doc)
-        problems.extend(errs)
-        cards = cf.cards if cf is not None else None  # None: the cards file itself is broken
-    except YamlError as e:
-        problems.append(e.problem)
-        cards = None
+    cards = cf.cards if cf is not None else None  # None: the cards file itself is broken
 
     reason_codes = {r.code for r in manifest.override_reasons}
     if cards_doc is not None and cards is not None:
@@ -238,14 +230,11 @@ def load_pack(pack_dir: Path, cache: KnowledgeCache) -> tuple[LoadedPack | None,
     ref_ids = {r.id for r in manifest.references}
     for rel in manifest.rules:
         rpath = pack_dir / rel
-        try:
-            rdoc = load_yaml(rpath)
-        except YamlError as e:
-            problems.append(e.problem)
+        rdoc, rf, errs = load_model(rpath, RulesFile)
+        problems.extend(errs)
+        if rdoc is None:
             continue
         files.append(rpath)
-        rf, errs = validate_model(RulesFile, rdoc)
-        problems.extend(errs)
         if rf is None:
             continue
         for i, rule in enumerate(rf.rules):

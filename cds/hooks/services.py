@@ -16,7 +16,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cds.hooks.models import HOOKS, ServiceDescriptor
-from cds.yamlio import Located, Problem, YamlError, load_yaml, validate_model
+from cds.yamlio import Located, Problem, load_model
 
 TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 USER_TOKENS = ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId")
@@ -142,14 +142,9 @@ def load_services(hooks_dir: Path) -> tuple[ServiceCatalog, list[Problem]]:
     if not hooks_dir.is_dir():
         return catalog, [Problem(str(hooks_dir), 1, 1, "hooks directory not found")]
     for path in sorted(hooks_dir.glob("*.yaml")):
-        try:
-            doc = load_yaml(path)
-        except YamlError as e:
-            problems.append(e.problem)
-            continue
-        svc, errs = validate_model(ServiceDefinition, doc)
+        doc, svc, errs = load_model(path, ServiceDefinition)
         problems.extend(errs)
-        if svc is None:
+        if doc is None or svc is None:
             continue
         bad = svc.token_problems()
         if bad:

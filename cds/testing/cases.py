@@ -25,7 +25,7 @@ from cds.hooks.models import CONTEXT_MODELS, HOOKS
 from cds.hooks.services import PackPin, ServiceDefinition
 from cds.pipeline import evaluate
 from cds.testing.fixtures import FixtureError, draft_orders, parse_when, patient_resources
-from cds.yamlio import Problem, YamlError, load_yaml, validate_model
+from cds.yamlio import Problem, load_model, validate_model
 
 
 class _M(BaseModel):
@@ -168,12 +168,8 @@ def _lookup(env: dict[str, Any], path: str) -> Any:
 
 
 def load_cases(path: Path) -> tuple[list[Case], list[Problem]]:
-    try:
-        doc = load_yaml(path)
-    except YamlError as e:
-        return [], [e.problem]
-    tf, problems = validate_model(TestFile, doc)
-    if tf is None:
+    doc, tf, problems = load_model(path, TestFile)
+    if doc is None or tf is None:
         return [], problems
     cases: list[Case] = []
     for i, raw in enumerate(tf.cases):
