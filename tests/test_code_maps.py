@@ -102,7 +102,8 @@ def test_every_pack_drug_maps_to_an_rxnorm_ingredient_or_is_a_listed_exception(m
 
 
 def test_rxnorm_ingredients_map_back_to_the_same_atc(maps: CodeMaps) -> None:
-    for r in _rows("codes/rxnorm-ingredients"):
+    rows = _rows("codes/rxnorm-ingredients")
+    for r in rows:
         if not r["atc"]:
             continue
         (ing,) = maps.from_coding(RXNORM, r["rxcui"])
@@ -110,7 +111,7 @@ def test_rxnorm_ingredients_map_back_to_the_same_atc(maps: CodeMaps) -> None:
         for atc in r["atc"].split(";"):
             (back,) = maps.from_coding(ATC, atc)
             if back.rxnorm != r["rxcui"]:  # an ATC shared by two ingredient rows maps to the first
-                assert any(x["rxcui"] == back.rxnorm and atc in x["atc"].split(";") for x in _rows("codes/rxnorm-ingredients"))
+                assert any(x["rxcui"] == back.rxnorm and atc in x["atc"].split(";") for x in rows)
 
 
 def test_every_product_resolves_to_all_its_ingredients(maps: CodeMaps) -> None:
